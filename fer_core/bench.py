@@ -1,0 +1,201 @@
+"""``python -m fer_core bench``: our training engine against a naive pipeline, and webcam-frame latency.
+
+Both training pipelines train the same model (``mobilenet`` width 1.0) on the same number of images, in
+one process, one after the other, and the ratio of their throughputs is reported. The naive pipeline is
+the ordinary way the seed was written: PIL images through per-image torchvision transforms in a
+``DataLoader``, fp32, NCHW. It is given its best of ``num_workers`` 0 and 2, so the ratio is not
+flattered by a poorly configured baseline.
+
+The frame benchmark times :func:`fer_core.inference.predict` on a 640x480 frame with one face, for the two
+width-1.0 models together (detection on a downscaled copy, classification on crops of the full frame).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .models import create_model
+from .runs import RESULTS_DIR, atomic_write_json
+
+
+def _training_data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from .synthetic import make_split
+
+    return make_split(n, seed=123, split_index=0)
+
+
+def naive_throughput(
+    x: np.ndarray, y: np.ndarray, batch: int = 128, workers: int = 0, seed: int = 0, device: str = "cpu"
+) -> float:
+    """Images/second of the seed-style pipeline: per-image torchvision transforms in a DataLoader, fp32 NCHW."""
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    tf = T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            T.ToTensor(),
+            T.Normalize([0.5], [0.5]),
+        ]
+    )
+
+    class Faces(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return tf(Image.fromarray(x[i])), int(y[i])
+
+    torch.manual_seed(seed)
+    model = create_model("mobilenet", 1.0).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(
+        Faces(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device != "cpu"
+    )
+    model.train()
+    n, t0 = 0, None
+    for i, (xb, yb) in enumerate(loader):
+        if i == 1:  # the first batch pays for worker start-up and allocation: not timed
+            _sync(device)
+            t0, n = time.perf_counter(), 0
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        n += len(yb)
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def engine_throughput(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    graph: bool = True,
+    family: str = "mobilenet",
+) -> float:
+    """Images/second of our engine's training step (data as one tensor on the device, batched augmentation,
+    channels_last; on CUDA bf16 autocast and the step replayed as a CUDA graph)."""
+    from .train import _GraphedStep, _make_optimizer, _memory_format, _Step
+
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    model = create_model(family, 1.0).to(dev).to(memory_format=_memory_format(dev))
+    cfg = RunConfig()
+    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    graphed = dev.type == "cuda" and graph
+    opt = _make_optimizer(model, cfg, dev, graphed)
+    step = _GraphedStep(model, opt, xt, yt, cfg, dev, batch) if graphed else _Step(model, opt, xt, yt, cfg, dev)
+    model.train()
+    perm = torch.randperm(len(y), device=dev)
+    steps = len(y) // batch
+    step(perm[:batch])  # warm-up, like the naive pipeline's untimed first batch
+    t0 = time.perf_counter()
+    for i in range(1, steps):
+        step(perm[i * batch : (i + 1) * batch])
+    float(step.loss_sum)
+    return (steps - 1) * batch / (time.perf_counter() - t0)
+
+
+def frame_latency(frames: int = 50) -> dict:
+    """Median ms of predict() on a 640x480 frame with one face, with both width-1.0 models."""
+    from .inference import demo_frame, predict
+    from .loading import LoadedModel
+
+    models = [LoadedModel(name=f, family=f, width=1.0, model=create_model(f, 1.0).eval()) for f in ("mobilenet", "cnn")]
+    frame = np.ascontiguousarray(np.stack([demo_frame()] * 3, -1))  # RGB, as a webcam gives
+    res = predict(frame, models)
+    assert res.faces, "the benchmark frame must contain a detectable face"
+    totals, detects = [], []
+    for _ in range(frames):
+        t = time.perf_counter()
+        r = predict(frame, models)
+        totals.append((time.perf_counter() - t) * 1000)
+        detects.append(r.detect_ms)
+    return {
+        "frame_latency_ms_median": round(statistics.median(totals), 2),
+        "frame_latency_ms_p90": round(float(np.percentile(totals, 90)), 2),
+        "detect_ms_median": round(statistics.median(detects), 2),
+        "faces": len(res.faces),
+        "frame": "640x480, one face, mobilenet w1.0 + cnn w1.0",
+    }
+
+
+def run_bench(
+    images: int = 2560, frames: int = 50, out_dir: str | None = None, quiet: bool = False, device: str = "cpu"
+) -> dict:
+    """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it."""
+    say = (lambda *a: None) if quiet else print
+    x, y = _training_data(images)
+    threads = torch.get_num_threads()
+    say(f"training throughput on {device}, mobilenet w1.0, {images} images, batch 128, {threads} threads")
+    naive = {}
+    for workers in sorted({0, 2, min(8, os.cpu_count() or 1)}):
+        naive[workers] = naive_throughput(x, y, workers=workers, device=device)
+        say(f"  naive (per-image transforms, DataLoader num_workers={workers}): {naive[workers]:8.1f} img/s")
+    ours = engine_throughput(x, y, device=device)
+    best_naive = max(naive.values())
+    eager = cnn = None
+    if device != "cpu":
+        eager = engine_throughput(x, y, device=device, graph=False)
+        say(f"  fer_core engine without the CUDA graph (eager):            {eager:8.1f} img/s")
+        cnn = engine_throughput(x, y, device=device, family="cnn")
+        say(f"  fer_core engine, cnn w1.0 (for reference):                 {cnn:8.1f} img/s")
+    say(f"  fer_core engine (batched aug, channels_last):              {ours:8.1f} img/s")
+    say(f"  speed-up vs the best naive configuration:                  {ours / best_naive:8.2f}x")
+    try:
+        lat = frame_latency(frames)
+    except Exception as e:  # e.g. an OpenCV build without its cascades: keep the training numbers
+        lat = {"frame_latency_ms_median": None, "frame_error": f"{type(e).__name__}: {e}", "frame": ""}
+    if lat["frame_latency_ms_median"] is None:
+        say(f"predict on a frame: not measured ({lat['frame_error']})")
+    else:
+        say(
+            f"predict on a {lat['frame']}: median {lat['frame_latency_ms_median']} ms "
+            f"(p90 {lat['frame_latency_ms_p90']} ms, detection {lat['detect_ms_median']} ms)"
+        )
+    doc = {
+        "train_speedup_vs_naive": round(ours / best_naive, 3),
+        "train_img_per_s_engine": round(ours, 1),
+        "train_img_per_s_engine_eager": round(eager, 1) if eager else None,
+        "train_img_per_s_engine_cnn": round(cnn, 1) if cnn else None,
+        "train_img_per_s_naive": {f"num_workers={k}": round(v, 1) for k, v in naive.items()},
+        "train_images": images,
+        "train_device": device if device == "cpu" else torch.cuda.get_device_name(),
+        **lat,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = Path(out_dir) if out_dir else RESULTS_DIR / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    name = "bench.json" if device == "cpu" else "bench_cuda.json"
+    atomic_write_json(out / name, doc)
+    say(f"written: {out / name}")
+    return doc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(run_bench(), indent=2))

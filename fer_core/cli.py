@@ -1,0 +1,598 @@
+"""The ``python -m fer_core`` command line: the contract the dashboard and the checks rely on.
+
+Every command that takes ``--json`` prints one JSON document on stdout. Errors caused by input go to
+stderr as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import EMOTIONS
+from .config import RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_recipe
+from .errors import FerError
+
+_T, _D = TrainConfig(), DataConfig()
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _number_list(text: str) -> list[float]:
+    return [_number(t) for t in text.split(",") if t.strip()]
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+def cmd_models(args) -> int:
+    from .models import PRESETS, count_params, list_models
+
+    rows = []
+    for name in list_models():
+        rows.append({"name": name, "kind": "family", "width": 1.0, "params": count_params(name, 1.0)})
+    for name, (family, width, what) in PRESETS.items():
+        rows.append(
+            {
+                "name": name,
+                "kind": "preset",
+                "family": family,
+                "width": width,
+                "params": count_params(family, width),
+                "about": what,
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'name':<16} {'kind':<7} {'width':>6} {'params':>11}  about")
+    for r in rows:
+        print(f"{r['name']:<16} {r['kind']:<7} {r['width']:>6g} {r['params']:>11,}  {r.get('about', '')}")
+    print("\nAny width works: --width W, or --budget N to solve the width for N parameters.")
+    return 0
+
+
+def _width_from(args) -> tuple[float, float | None]:
+    from .models import solve_width
+
+    if args.budget is not None:
+        w, _ = solve_width(args.model, args.budget)
+        return w, args.budget
+    return args.width, None
+
+
+def cmd_describe(args) -> int:
+    from .models import create_model
+    from .models.stats import model_stats
+
+    width, budget = _width_from(args)
+    model = create_model(args.model, width)
+    out = {"family": args.model, "width": width, "budget": budget, **model_stats(model), "architecture": str(model)}
+    if args.json:
+        _print_json(out)
+        return 0
+    print(out.pop("architecture"))
+    print()
+    for k, v in out.items():
+        if v is not None:
+            print(f"{k:>15}: {v:,}" if isinstance(v, int) else f"{k:>15}: {v}")
+    print("\nstate_values counts BatchNorm running statistics too (the seed report's 109,761 for MobileNet).")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def cmd_data(args) -> int:
+    from .data import load, resolve_spec
+
+    spec = resolve_spec(args.data)
+    t = time.perf_counter()
+    d = load(spec)
+    desc = d.describe()
+    desc["load_s"] = round(time.perf_counter() - t, 3)
+    if args.json:
+        _print_json(desc)
+        return 0
+    where = "built-in synthetic faces (NOT FER2013)" if d.synthetic else f"{d.kind} {d.path}"
+    print(f"data: {d.name}  ({where})")
+    print(f"fingerprint: {d.fingerprint}\n")
+    print(f"{'split':<8}" + "".join(f"{e:>9}" for e in EMOTIONS) + f"{'total':>9}")
+    for s, counts in desc["counts"].items():
+        print(f"{s:<8}" + "".join(f"{c:>9}" for c in counts) + f"{sum(counts):>9}")
+    for n in d.notes:
+        print(f"note: {n}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def _add_train_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--epochs", type=int, default=_T.epochs, help=f"epochs (default: {_T.epochs})")
+    p.add_argument(
+        "--data", default=None, help="FER2013 file/folder, or 'synthetic' (default: $FER_DATA, data/, synthetic)"
+    )
+    p.add_argument("--device", default=_T.device, help="auto | cpu | cuda (default: auto = CUDA if present)")
+    p.add_argument("--seed", type=int, default=_T.seed, help=f"random seed (default: {_T.seed})")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N training images only (default: all)")
+    p.add_argument("--batch-size", type=int, default=_T.batch_size, help=f"batch size (default: {_T.batch_size})")
+    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="named training recipe (default: seed)")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the recipe's; seed {_T.lr})")
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default=None, help="(default: the recipe's; seed adam)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=None, help="(default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs (default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's; seed 0)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the recipe's)")
+    p.add_argument("--no-augment", action="store_true", help="turn the flip/rotate/shift/scale augmentation off")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly (no graph replay)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=_T.checkpoint_every, help="epochs between checkpoints (default: 1)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config_from(args, family: str, width: float, budget: float | None, seed: int) -> RunConfig:
+    cfg = RunConfig(
+        model=ModelConfig(family=family, width=width, budget=budget),
+        data=DataConfig(data=args.data, limit=args.limit, augment=not args.no_augment),
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=seed,
+            device=args.device,
+            cuda_graph=not args.no_cuda_graph,
+            checkpoint_every=args.checkpoint_every,
+            threads=args.threads,
+        ),
+    )
+    apply_recipe(cfg, args.recipe)
+    for key in ("lr", "optimizer", "schedule", "warmup_epochs", "weight_decay", "label_smoothing"):
+        if getattr(args, key) is not None:  # an explicit flag wins over the recipe
+            setattr(cfg.train, key, getattr(args, key))
+    return cfg
+
+
+class _Progress:
+    """A one-line progress bar on stderr (one line per epoch when stderr is not a terminal)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, e: dict) -> None:
+        if self.quiet:
+            return
+        if e["type"] == "start":
+            src = "SYNTHETIC faces" if e.get("data_synthetic") else e.get("data")
+            print(
+                f"run {e['run_id']}: {e['family']} w{e['width']:g}, {e['params']:,} params, "
+                f"data {src}, device {e['device']}",
+                file=sys.stderr,
+            )
+        elif e["type"] == "epoch":
+            n, total = e["epoch"], e["epochs"]
+            bar = "#" * int(20 * n / total)
+            eta = time.strftime("%H:%M:%S", time.gmtime(e["eta_s"] or 0))
+            line = (
+                f"epoch {n:>3}/{total} [{bar:<20}] loss {e['loss']:.3f} train {e['train_acc']:.3f} "
+                f"public {e['public_acc']:.3f} {e['img_per_s'] or 0:,.0f} img/s ETA {eta}"
+            )
+            print(("\r" + line) if self.tty else line, end="" if self.tty and n < total else "\n", file=sys.stderr)
+        elif e["type"] == "end" and e["status"] != "completed":
+            print(f"\nrun {e['run_id']} {e['status']}: {e.get('error')}", file=sys.stderr)
+
+
+def cmd_train(args) -> int:
+    from .config import RunConfig as RC
+    from .runs import Run, find_run, runs_dir
+    from .train import fit, install_cancel_handler
+
+    install_cancel_handler()
+    if args.resume:
+        run = find_run(args.resume)
+        cfg = RC.from_dict(run.config())
+        if run.summary().get("status") == "completed":
+            raise FerError(f"run {run.run_id} already completed; nothing to resume")
+        if not run.checkpoint_file.is_file():
+            print(f"note: run {run.run_id} has no checkpoint; it starts again from epoch 1", file=sys.stderr)
+    else:
+        if args.model is None:
+            raise FerError("train needs --model (mobilenet or cnn) or --resume RUN")
+        width, budget = _width_from(args)
+        cfg = _config_from(args, args.model, width, budget, args.seed)
+        run = Run.create(cfg.model.family, cfg.model.width, cfg.train.seed, root=args.out or runs_dir())
+    summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=bool(args.resume))
+    if args.json:
+        _print_json(summary)
+    else:
+        if summary["status"] == "completed":
+            print(
+                f"public {summary['public_acc']:.4f}  private {summary['private_acc']:.4f}  "
+                f"({summary['epochs_done']} epochs, best at {summary['best_epoch']}, {summary['wall_s']:.0f} s)",
+                file=sys.stderr,
+            )
+        print(run.path)
+    return 0 if summary["status"] == "completed" else 1
+
+
+# --------------------------------------------------------------------------------------------------- sweep
+
+
+def _sweep_plan(args) -> list[tuple[str, float, float | None, int]]:
+    from .models import list_models, solve_width
+
+    families = [m.strip() for m in args.models.split(",") if m.strip()]
+    for f in families:
+        if f not in list_models():
+            raise FerError(f"unknown model {f!r} in --models; choose from {', '.join(list_models())}")
+    if (args.budgets is None) == (args.widths is None):
+        raise FerError("sweep needs exactly one of --budgets or --widths")
+    plan = []
+    for f in families:
+        for seed in args.seeds:
+            if args.budgets is not None:
+                for b in args.budgets:
+                    plan.append((f, solve_width(f, b)[0], b, seed))
+            else:
+                for w in args.widths:
+                    plan.append((f, w, None, seed))
+    return plan
+
+
+def cmd_sweep(args) -> int:
+    from .models import count_params
+
+    plan = _sweep_plan(args)
+    passthrough = []
+    for flag in (
+        "epochs",
+        "device",
+        "limit",
+        "batch_size",
+        "recipe",
+        "lr",
+        "optimizer",
+        "schedule",
+        "warmup_epochs",
+        "weight_decay",
+        "label_smoothing",
+        "checkpoint_every",
+        "threads",
+        "data",
+        "out",
+    ):
+        v = getattr(args, flag)
+        if v is not None:
+            passthrough += [f"--{flag.replace('_', '-')}", str(v)]
+    for flag in ("no_augment", "no_cuda_graph"):
+        if getattr(args, flag):
+            passthrough.append(f"--{flag.replace('_', '-')}")
+    print(f"sweep: {len(plan)} runs, {args.parallel} at a time", file=sys.stderr)
+    for f, w, _, s in plan:
+        print(f"  {f:<10} width {w:<6g} {count_params(f, w):>10,} params  seed {s}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    from .jobs import Job, run_all
+
+    quiet = args.parallel > 1 or args.quiet
+    jobs = [
+        Job(
+            ["train", "--model", f, "--width", repr(w), "--seed", str(s), *passthrough]
+            + (["--quiet"] if quiet else []),
+            tag={"family": f, "width": w, "budget": b, "seed": s},
+        )
+        for f, w, b, s in plan
+    ]
+
+    def done(job: Job) -> None:
+        t = job.tag
+        print(
+            f"done ({job.returncode}): {t['family']} w{t['width']:g} seed {t['seed']} -> {job.run_path}",
+            file=sys.stderr,
+        )
+        if job.returncode and job.stderr_tail:
+            print("  " + job.stderr_tail.replace("\n", "\n  "), file=sys.stderr)
+
+    run_all(jobs, args.parallel, quiet=quiet, on_done=done)
+    results = [{**j.tag, "exit": j.returncode, "run": j.run_path} for j in jobs]
+    if args.json:
+        _print_json(results)
+    failed = [r for r in results if r["exit"] != 0]
+    return 1 if failed else 0
+
+
+def cmd_reference(args) -> int:
+    from .reference import run_reference, write_record
+
+    extra = []
+    for flag in ("data", "device", "limit", "threads", "out", "checkpoint_every"):
+        v = getattr(args, flag)
+        if v is not None:
+            extra += [f"--{flag.replace('_', '-')}", str(v)]
+    record = run_reference(
+        args.epochs, args.fit_in, args.parallel, extra, better=not args.no_better, dry_run=args.dry_run
+    )
+    if args.record:
+        write_record(record, Path(args.record))
+    if args.json:
+        _print_json(record)
+    return 0 if all(r.get("exit") == 0 for r in record.get("results", [])) else 1
+
+
+def cmd_export(args) -> int:
+    from .reference import export_run
+    from .runs import find_run, iter_runs
+
+    runs = [find_run(r) for r in args.runs]
+    if args.all_completed:
+        runs += [r for r in iter_runs([Path(args.all_completed)]) if r.summary().get("status") == "completed"]
+    if not runs:
+        raise FerError("export needs RUN arguments or --all-completed FOLDER")
+    for run in runs:
+        print(export_run(run, Path(args.to), args.weights))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- eval / runs
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import load
+    from .loading import load_model
+    from .train import evaluate
+
+    lm = load_model(args.run)
+    spec = args.data
+    if spec is None and lm.run_id:
+        from .runs import find_run
+
+        spec = find_run(lm.run_id).config().get("data", {}).get("data")
+    d = load(spec)
+    trained_on = lm.summary.get("data_fingerprint")
+    if trained_on and trained_on != d.fingerprint:
+        print(
+            f"note: {lm.name} was trained on other data ({lm.summary.get('data')}, fingerprint {trained_on}) "
+            f"than this {d.name} ({d.fingerprint})",
+            file=sys.stderr,
+        )
+    x, y = d.split(args.split)
+    ev = evaluate(lm.model, torch.from_numpy(x), torch.from_numpy(y))
+    out = {
+        "model": lm.name,
+        "family": lm.family,
+        "width": lm.width,
+        "data": d.name,
+        "split": args.split,
+        "accuracy": ev.accuracy,
+        "loss": ev.loss,
+        "per_class": ev.per_class,
+        "confusion": ev.confusion,
+    }
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{lm.name}: {args.split} accuracy {ev.accuracy:.4f} on {d.name} ({len(y)} images)")
+        for k, v in ev.per_class.items():
+            print(f"  {k:<9} {v if v is None else f'{v:.3f}'}")
+    return 0
+
+
+RUNS_JSON_KEYS = [
+    "run_id",
+    "family",
+    "width",
+    "params",
+    "state_values",
+    "bytes_fp32",
+    "bytes_fp16",
+    "macs",
+    "latency_ms_cpu",
+    "public_acc",
+    "private_acc",
+    "best_public_acc",
+    "status",
+    "epochs_done",
+    "epochs",
+    "best_epoch",
+    "seed",
+    "data",
+    "data_fingerprint",
+    "recipe",
+    "device",
+    "wall_s",
+    "img_per_s",
+    "source",
+    "error",
+]
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_summaries
+
+    rows = list_summaries()
+    if args.json:
+        _print_json([{k: r.get(k) for k in RUNS_JSON_KEYS} for r in rows])
+        return 0
+    if not rows:
+        print("no runs yet: try `python -m fer_core train --model mobilenet --epochs 2 --limit 2000`")
+        return 0
+    print(f"{'run_id':<44} {'status':<9} {'params':>10} {'public':>7} {'private':>7} {'ep':>7}  data")
+
+    def acc(r: dict, key: str) -> str:
+        return f"{r[key]:.4f}" if isinstance(r.get(key), (int, float)) else "-"
+
+    for r in rows:
+        ep = f"{r.get('epochs_done') or 0}/{r.get('epochs') or '?'}"
+        print(
+            f"{r['run_id']:<44} {r.get('status', '?'):<9} {r.get('params') or 0:>10,} {acc(r, 'public_acc'):>7} "
+            f"{acc(r, 'private_acc'):>7} {ep:>7}  {r.get('data')}{' (ref)' if r['source'] == 'reference' else ''}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- predict / bench
+
+
+def cmd_predict(args) -> int:
+    from .inference import predict
+    from .loading import load_model
+
+    models = [load_model(r) for r in args.runs]
+    res = predict(args.image, models, whole_image=args.whole_image)
+    if args.json:
+        _print_json({"image": str(args.image), **res.to_dict()})
+        return 0
+    w, h = res.image_size
+    if not res.faces:
+        print(f"{args.image} ({w}x{h}): {res.message}; use --whole-image if it is already a cropped face")
+        return 0
+    print(f"{args.image} ({w}x{h}): {len(res.faces)} face(s), detection {res.detect_ms:.1f} ms")
+    for i, f in enumerate(res.faces):
+        print(f"face {i + 1} at x={f.box[0]} y={f.box[1]} {f.box[2]}x{f.box[3]}")
+        for p in f.predictions:
+            top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"  {p.model:<44} {p.label:<9} " + "  ".join(f"{k} {v:.2f}" for k, v in top) + f"  ({p.ms:.1f} ms)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    doc = run_bench(images=args.images, frames=args.frames, out_dir=args.out, quiet=args.json, device=args.device)
+    if args.json:
+        _print_json(doc)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fer_core", description="FER Lab: how small can an expression model get?"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="registered families and presets with their parameter counts")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("describe", help="params, state values, bytes, MACs and the architecture of a model")
+    s.add_argument("model", help="mobilenet | cnn")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--width", type=_number, default=1.0, help="width multiplier (default: 1.0)")
+    g.add_argument("--budget", type=_number, default=None, help="parameter budget, e.g. 1e5 (solved to a width)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_describe)
+
+    s = sub.add_parser("data", help="what data is found: source, counts per split and class")
+    s.add_argument("--data", default=None, help="file/folder or 'synthetic' (default: $FER_DATA, data/, synthetic)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("train", help="train one model into a new run folder")
+    s.add_argument("--model", default=None, help="mobilenet | cnn")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--width", type=_number, default=1.0, help="width multiplier (default: 1.0)")
+    g.add_argument("--budget", type=_number, default=None, help="parameter budget (solved to a width)")
+    g.add_argument("--resume", default=None, metavar="RUN", help="continue a run that was killed")
+    _add_train_args(s)
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="several runs: families x budgets (or widths) x seeds")
+    s.add_argument("--models", default="mobilenet,cnn", help="comma-separated families (default: mobilenet,cnn)")
+    s.add_argument("--budgets", type=_number_list, default=None, help="e.g. 3e4,1e5,3e5,1e6")
+    s.add_argument("--widths", type=_number_list, default=None, help="e.g. 0.5,1,2")
+    s.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
+    s.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several small ones; default: 1)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only")
+    _add_train_args(s)
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("reference", help="the reference study (seed report rerun), sized to a time window")
+    s.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100)")
+    s.add_argument(
+        "--fit-in", type=float, default=None, metavar="SECONDS", help="lower the epochs (alike for all) to fit"
+    )
+    s.add_argument("--parallel", type=int, default=8, help="runs at once (default: 8)")
+    s.add_argument("--no-better", action="store_true", help="skip the two better-recipe runs")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only")
+    s.add_argument("--record", default=None, help="write the study's record (epochs, timings) to this JSON file")
+    for flag in ("--data", "--device", "--out"):
+        s.add_argument(flag, default=None)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("export", help="copy finished runs (with fp16/fp32 weights or none) into another folder")
+    s.add_argument("runs", nargs="*", metavar="RUN")
+    s.add_argument("--all-completed", default=None, metavar="FOLDER", help="every completed run in FOLDER")
+    s.add_argument("--to", required=True, help="destination folder, e.g. results/reference")
+    s.add_argument("--weights", choices=["fp16", "fp32", "none"], default="fp16", help="(default: fp16)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("eval", help="evaluate a run or weights file on a split")
+    s.add_argument("run", help="run id, run folder or weights file")
+    s.add_argument("--split", default="public", choices=["train", "public", "private"])
+    s.add_argument("--data", default=None, help="data to evaluate on (default: the run's own)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("runs", help="a table of all runs (yours and the shipped reference runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("predict", help="find faces in an image and classify each with several models")
+    s.add_argument("image")
+    s.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run ids, run folders or weights files")
+    s.add_argument("--whole-image", action="store_true", help="treat the whole image as one face")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("bench", help="training throughput vs a naive pipeline, and frame latency")
+    s.add_argument("--images", type=int, default=2560, help="training images per pipeline (default: 2560)")
+    s.add_argument("--frames", type=int, default=50, help="frames for the latency median (default: 50)")
+    s.add_argument("--out", default=None, help="folder for the JSON (default: results/bench)")
+    s.add_argument("--device", default="cpu", help="cpu | cuda: where both training pipelines run (default: cpu)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The reference study: the seed report's experiment rerun on FER2013, sized to fit a time window.
+
+``python -m fer_core reference`` trains, in parallel processes (a GPU fits many small models at once):
+
+- ``mobilenet`` at budgets 2e4, 5e4, 3e5, 1e6 parameters plus width 1.0 (the seed network, 107k);
+- ``cnn`` at the same budgets plus 107,247 (matched to the seed MobileNet) plus width 1.0 (HW3 size, 5.76M);
+- the matched ~1e5 pair (mobilenet w1.0, cnn at 107k) with seeds 0, 1, 2, for the matched-budget gap;
+- optionally the two width-1.0 networks once more with the ``better`` recipe.
+
+All runs use the same number of epochs. With ``--fit-in SECONDS`` a short calibration (every run for two
+epochs, all at once) measures the slowest epoch under full load and lowers the epoch count, for every run
+alike, until the study fits; the number used is printed and recorded in every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import FerError
+from .jobs import Job, run_all
+from .models import count_params, solve_width
+from .runs import Run, atomic_write_json, load_weights_file, read_json
+
+BUDGETS = [2e4, 5e4, 3e5, 1e6]
+SEED_MOBILENET_PARAMS = 107_247
+Q4_SEEDS = [0, 1, 2]
+
+
+def plan(better: bool = True) -> list[dict]:
+    """The runs of the reference study, heaviest first (so the longest runs start first)."""
+    items = []
+    for family in ("mobilenet", "cnn"):
+        budgets = BUDGETS + ([SEED_MOBILENET_PARAMS] if family == "cnn" else [])
+        widths = sorted({solve_width(family, b)[0] for b in budgets} | {1.0})
+        for w in widths:
+            q4 = (family == "mobilenet" and w == 1.0) or (
+                family == "cnn" and w == solve_width("cnn", SEED_MOBILENET_PARAMS)[0]
+            )
+            for seed in Q4_SEEDS if q4 else [0]:
+                items.append(
+                    {"family": family, "width": w, "seed": seed, "recipe": "seed", "role": "q4" if q4 else "sweep"}
+                )
+    if better:
+        for family in ("mobilenet", "cnn"):
+            items.append({"family": family, "width": 1.0, "seed": 0, "recipe": "better", "role": "better"})
+    return sorted(items, key=lambda it: -count_params(it["family"], it["width"]))
+
+
+def _jobs(items: list[dict], epochs: int, extra: list[str]) -> list[Job]:
+    return [
+        Job(
+            [
+                "train",
+                "--model",
+                it["family"],
+                "--width",
+                repr(it["width"]),
+                "--seed",
+                str(it["seed"]),
+                "--recipe",
+                it["recipe"],
+                "--epochs",
+                str(epochs),
+                "--quiet",
+                *extra,
+            ],
+            tag=it,
+        )
+        for it in items
+    ]
+
+
+def calibrate(items: list[dict], parallel: int, extra: list[str], epochs: int = 2) -> dict:
+    """Run every job for ``epochs`` epochs at once; return the slowest epoch time and the start-up overhead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.time()
+        jobs = run_all(_jobs(items, epochs, [*extra, "--out", tmp, "--checkpoint-every", "1000"]), parallel)
+        wall = time.time() - t
+        ok = [j for j in jobs if j.returncode == 0 and j.run_path]
+        for j in jobs:
+            if j not in ok:  # the real run will fail the same way and be reported; time the others
+                print(f"calibration run failed: {' '.join(j.argv)}\n{j.stderr_tail}", file=sys.stderr)
+        if not ok:
+            raise FerError("every calibration run failed; see the messages above")
+        slowest = max(Run(Path(j.run_path)).metrics()[-1]["epoch_s"] for j in ok)
+    return {"wall_s": wall, "slowest_epoch_s": slowest, "overhead_s": max(0.0, wall - epochs * slowest)}
+
+
+def run_reference(
+    epochs: int = 100,
+    fit_in: float | None = None,
+    parallel: int = 8,
+    extra: list[str] | None = None,
+    better: bool = True,
+    dry_run: bool = False,
+) -> dict:
+    """Train the reference study; returns a record (epochs used, calibration, per-run results, wall time)."""
+    items = plan(better)
+    extra = list(extra or [])
+    say = lambda *a: print(*a, file=sys.stderr, flush=True)
+    say(f"reference study: {len(items)} runs, {parallel} at a time")
+    for it in items:
+        say(
+            f"  {it['family']:<10} w{it['width']:<7g} {count_params(it['family'], it['width']):>10,} params  "
+            f"seed {it['seed']}  recipe {it['recipe']}"
+        )
+    record: dict = {"runs": len(items), "parallel": parallel, "epochs_asked": epochs}
+    if dry_run:
+        return record
+    t0 = time.time()
+    if fit_in:
+        cal = calibrate(items, parallel, extra)
+        waves = math.ceil(len(items) / parallel)
+        fit = int((fit_in - cal["wall_s"] - waves * cal["overhead_s"]) / (waves * cal["slowest_epoch_s"]) * 0.9)
+        record["calibration"] = cal
+        if fit < epochs:
+            say(
+                f"calibration: slowest epoch {cal['slowest_epoch_s']:.2f} s under load: {epochs} epochs do not fit "
+                f"in {fit_in:.0f} s; every run uses {max(1, fit)} epochs"
+            )
+            epochs = max(1, fit)
+        else:
+            say(f"calibration: slowest epoch {cal['slowest_epoch_s']:.2f} s under load; {epochs} epochs fit")
+    record["epochs"] = epochs
+    t1 = time.time()
+
+    def done(job: Job) -> None:
+        s = read_json(Path(job.run_path) / "summary.json") if job.run_path else None
+        if job.returncode == 0 and s:
+            say(
+                f"done: {s['run_id']}: public {s['public_acc']:.4f} private {s['private_acc']:.4f} "
+                f"{s['wall_s']:.0f} s {s.get('img_per_s') or 0:,.0f} img/s"
+            )
+        else:
+            say(f"FAILED ({job.returncode}): {job.argv}\n{job.stderr_tail}")
+
+    jobs = run_all(_jobs(items, epochs, extra), parallel, on_done=done)
+    record["sweep_wall_s"] = round(time.time() - t1, 1)
+    record["total_wall_s"] = round(time.time() - t0, 1)
+    record["results"] = [
+        {**j.tag, "exit": j.returncode, "run": Path(j.run_path).name if j.run_path else None} for j in jobs
+    ]
+    say(f"reference study: {record['sweep_wall_s']:.0f} s for the sweep, {record['total_wall_s']:.0f} s in all")
+    return record
+
+
+def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
+    """Copy a finished run (config, summary, metrics, and weights as fp16/fp32/none) into ``dest``."""
+    from .models.stats import state_dict_half
+    from .runs import atomic_torch_save
+
+    s = run.summary()
+    if s.get("status") != "completed":
+        raise FerError(f"run {run.run_id} is {s.get('status')}, only completed runs can be exported")
+    out = Path(dest) / run.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    if (run.path / "metrics.jsonl").is_file():
+        (out / "metrics.jsonl").write_bytes((run.path / "metrics.jsonl").read_bytes())
+    cfg = run.config()
+    cfg["data"]["data"] = None  # where the data lay is the trainer's business; data_fingerprint names it
+    atomic_write_json(out / "config.json", cfg)
+    s = {k: v for k, v in s.items() if k not in ("source", "path", "pid", "host", "heartbeat")}
+    if weights != "none" and run.weights_file.is_file():
+        payload = load_weights_file(run.weights_file)
+        if weights == "fp16":
+            payload["state_dict"] = state_dict_half(payload["state_dict"])
+        name = f"weights_{weights}.pt" if weights == "fp16" else "weights.pt"
+        atomic_torch_save(out / name, payload)
+        s["weights"] = name
+    else:
+        s["weights"] = None
+    atomic_write_json(out / "summary.json", s)
+    return out
+
+
+def write_record(record: dict, path: Path) -> None:
+    atomic_write_json(path, record)
+    print(json.dumps({k: v for k, v in record.items() if k != "results"}), file=sys.stderr)

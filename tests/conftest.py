@@ -1,0 +1,49 @@
+"""Shared fixtures: one CPU thread, and every run, cache and data file in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Runs and caches go to tmp_path; the user's results/runs and ~/.cache are never touched."""
+    monkeypatch.setenv("FER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
+    yield tmp_path
+
+
+@pytest.fixture
+def no_fer_data(monkeypatch):
+    monkeypatch.delenv("FER_DATA", raising=False)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m fer_core ARGS`` in a subprocess, as a user would run it."""
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "fer_core", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT
+    )
+
+
+def tiny_config(**train):
+    """A run that finishes in seconds on one CPU thread: a small CNN on 2,000 synthetic faces."""
+    from fer_core.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.family, cfg.model.width = "cnn", 0.1
+    cfg.data.data, cfg.data.limit, cfg.data.augment = "synthetic", 2000, False
+    cfg.train.epochs, cfg.train.lr, cfg.train.batch_size = 6, 3e-3, 64
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg

@@ -1,0 +1,241 @@
+"""The training engine: it learns, it is deterministic, it resumes, it records honestly."""
+
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, tiny_config
+from fer_core.augment import AugmentConfig, augment_batch, normalize
+from fer_core.config import RunConfig, apply_recipe
+from fer_core.data import load
+from fer_core.errors import FerError
+from fer_core.models import create_model
+from fer_core.runs import Run, find_run
+from fer_core.train import _make_optimizer, _Step, fit, lr_at
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load("synthetic")
+
+
+def test_a_tiny_batch_is_overfitted():
+    data = load("synthetic")
+    x, y = torch.from_numpy(data.train_x[:32]), torch.from_numpy(data.train_y[:32])
+    torch.manual_seed(0)
+    cfg = RunConfig()
+    cfg.data.augment = False
+    model = create_model("mobilenet", 0.5, dropout=0.0)
+    step = _Step(model, _make_optimizer(model, cfg, torch.device("cpu"), False), x, y, cfg, torch.device("cpu"))
+    idx = torch.arange(32)
+    losses = []
+    for _ in range(60):
+        step.reset_sums()
+        step(idx)
+        losses.append(step.loss_sum.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_synthetic_faces_are_learnable(synthetic):
+    s = fit(tiny_config(), data=synthetic)
+    assert s["status"] == "completed" and s["data"] == "synthetic" and s["data_synthetic"] is True
+    assert s["public_acc"] > 0.25 and s["private_acc"] > 0.25  # chance is 1/7 = 0.143
+
+
+def _metrics(run_id):
+    """Per-epoch rows without the timing fields (which differ between any two runs)."""
+    timing = {"img_per_s", "epoch_s", "elapsed_s", "eta_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in find_run(run_id).metrics()]
+
+
+def test_same_seed_same_run_on_cpu(synthetic):
+    a = fit(tiny_config(epochs=2), data=synthetic)
+    b = fit(tiny_config(epochs=2), data=synthetic)
+    assert _metrics(a["run_id"]) == _metrics(b["run_id"])
+    assert a["public_acc"] == b["public_acc"] and a["confusion_private"] == b["confusion_private"]
+    c = fit(tiny_config(epochs=2, seed=1), data=synthetic)
+    assert _metrics(c["run_id"]) != _metrics(a["run_id"])
+
+
+def test_summary_records_what_the_run_was(synthetic):
+    s = fit(tiny_config(epochs=2), data=synthetic)
+    for key in [
+        "family",
+        "width",
+        "params",
+        "state_values",
+        "bytes_fp32",
+        "bytes_fp16",
+        "macs",
+        "latency_ms_cpu",
+        "public_acc",
+        "private_acc",
+        "per_class_public",
+        "per_class_private",
+        "confusion_public",
+        "confusion_private",
+        "epochs_done",
+        "wall_s",
+        "img_per_s",
+        "device",
+        "seed",
+        "data",
+        "data_fingerprint",
+        "status",
+        "public_acc_flip_tta",
+        "private_acc_flip_tta",
+    ]:
+        assert key in s, key
+    assert s["epochs_done"] == 2 and s["device"] == "cpu" and "pid" not in s
+    assert sum(map(sum, s["confusion_private"])) == len(synthetic.private_y)
+    assert s["data_fingerprint"] == synthetic.fingerprint
+
+
+def test_model_selection_uses_the_best_public_epoch(synthetic):
+    s = fit(tiny_config(epochs=4), data=synthetic)
+    rows = find_run(s["run_id"]).metrics()
+    best = max(rows, key=lambda r: r["public_acc"])
+    assert s["best_epoch"] == best["epoch"]
+    assert s["public_acc"] == pytest.approx(best["public_acc"], abs=1e-6)  # the saved weights are that epoch's
+
+
+def test_weights_load_with_weights_only(synthetic):
+    s = fit(tiny_config(epochs=1), data=synthetic)
+    path = find_run(s["run_id"]).path / "weights.pt"
+    payload = torch.load(path, weights_only=True)
+    assert payload["model"]["family"] == "cnn" and payload["classes"][3] == "happy"
+    assert payload["run_id"] == s["run_id"]
+
+
+def _wait_for(pred, timeout=120):
+    t = time.time()
+    while not pred():
+        if time.time() - t > timeout:
+            raise TimeoutError
+        time.sleep(0.05)
+
+
+def _train_argv(out, epochs):
+    return [
+        "train",
+        "--model",
+        "cnn",
+        "--width",
+        "0.1",
+        "--data",
+        "synthetic",
+        "--limit",
+        "2000",
+        "--no-augment",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
+def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fer_core", *_train_argv(out, 4)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for(lambda: any(out.glob("*/checkpoint.pt")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = Run(next(out.iterdir()))
+    assert run.summary()["status"] == "failed"  # its process is gone: not "running" forever
+    assert "died" in run.summary()["error"]
+    done_before = json.loads(run.checkpoint_file.with_name("summary.json").read_text()).get("epochs_done", 0)
+    assert done_before < 4
+
+    r = run_cli("train", "--resume", str(run.path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    resumed = run.summary()
+    assert resumed["status"] == "completed" and resumed["epochs_done"] == 4
+    assert [m["epoch"] for m in run.metrics()] == [1, 2, 3, 4]
+    assert not run.checkpoint_file.exists()
+
+    r = run_cli(*_train_argv(tmp_path / "straight", 4))
+    straight = Run(next((tmp_path / "straight").iterdir())).summary()
+    assert straight["confusion_public"] == resumed["confusion_public"]  # resuming changed nothing
+    assert straight["private_acc"] == resumed["private_acc"]
+
+
+def test_sigterm_cancels_and_records_it(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fer_core", *_train_argv(out, 50)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for(lambda: any(out.glob("*/metrics.jsonl")))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1
+    s = Run(next(out.iterdir())).summary()
+    assert s["status"] == "cancelled" and s["epochs_done"] < 50
+
+
+def test_bad_training_settings_are_clear_errors(synthetic):
+    with pytest.raises(FerError, match="epochs must be at least 1"):
+        fit(tiny_config(epochs=0), data=synthetic)
+    with pytest.raises(FerError, match="unknown optimizer"):
+        fit(tiny_config(optimizer="sgdx"), data=synthetic)
+    with pytest.raises(FerError, match="unknown device"):
+        fit(tiny_config(device="tpu"), data=synthetic)
+    if not torch.cuda.is_available():
+        with pytest.raises(FerError, match="no CUDA GPU"):
+            fit(tiny_config(device="cuda"), data=synthetic)
+
+
+def test_learning_rate_schedules():
+    cfg = apply_recipe(RunConfig(), "better")
+    cfg.train.epochs = 20
+    lrs = [lr_at(cfg, e) for e in range(1, 21)]
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(cfg.train.lr)  # warm-up, then the peak
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.01 * cfg.train.lr  # cosine to ~0
+    seed = RunConfig()
+    assert {lr_at(seed, e) for e in range(1, 11)} == {1e-3}
+    assert cfg.recipe == "better" and cfg.train.label_smoothing == 0.1
+
+
+def test_augmentation_is_batched_shape_preserving_and_random():
+    x = normalize(torch.from_numpy(load("synthetic").train_x[:16]))
+    torch.manual_seed(0)
+    a = augment_batch(x, AugmentConfig())
+    b = augment_batch(x, AugmentConfig())
+    assert a.shape == x.shape and not torch.equal(a, b)
+    same = augment_batch(x, AugmentConfig(flip=0.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0)))
+    assert torch.allclose(same, x, atol=1e-5)  # the identity warp leaves images untouched
+    flipped = augment_batch(x, AugmentConfig(flip=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0)))
+    assert torch.allclose(flipped, x.flip(3), atol=1e-5)
+    assert math.isclose(float(normalize(torch.tensor([[[0, 255]]], dtype=torch.uint8)).sum()), 0.0)
+    assert np.isfinite(a.numpy()).all()
