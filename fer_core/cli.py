@@ -96,6 +96,23 @@ def cmd_describe(args) -> int:
 # --------------------------------------------------------------------------------------------------- data
 
 
+def cmd_status(args) -> int:
+    from .status import data_status, device_status
+
+    out = {"data": data_status(args.data), "device": device_status()}
+    if args.json:
+        _print_json(out)
+        return 0
+    d = out["data"]
+    print(f"device: {out['device']['name']}")
+    if not d["ok"]:
+        print(f"data: error: {d['error']}")
+    else:
+        kind = "synthetic faces (NOT FER2013)" if d["synthetic"] else f"{d['data']} ({d['kind']}, {d['file']})"
+        print(f"data: {kind}, " + ", ".join(f"{k} {v:,}" for k, v in d["sizes"].items()))
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import load, resolve_spec
 
@@ -234,24 +251,11 @@ def cmd_train(args) -> int:
 
 
 def _sweep_plan(args) -> list[tuple[str, float, float | None, int]]:
-    from .models import list_models, solve_width
+    from .planning import plan
 
     families = [m.strip() for m in args.models.split(",") if m.strip()]
-    for f in families:
-        if f not in list_models():
-            raise FerError(f"unknown model {f!r} in --models; choose from {', '.join(list_models())}")
-    if (args.budgets is None) == (args.widths is None):
-        raise FerError("sweep needs exactly one of --budgets or --widths")
-    plan = []
-    for f in families:
-        for seed in args.seeds:
-            if args.budgets is not None:
-                for b in args.budgets:
-                    plan.append((f, solve_width(f, b)[0], b, seed))
-            else:
-                for w in args.widths:
-                    plan.append((f, w, None, seed))
-    return plan
+    items = plan(families, budgets=args.budgets, widths=args.widths, seeds=args.seeds)
+    return [(it["family"], it["width"], it["budget"], it["seed"]) for it in items]
 
 
 def cmd_sweep(args) -> int:
@@ -345,6 +349,42 @@ def cmd_export(args) -> int:
         raise FerError("export needs RUN arguments or --all-completed FOLDER")
     for run in runs:
         print(export_run(run, Path(args.to), args.weights))
+    return 0
+
+
+def cmd_queue(args) -> int:
+    from .jobs import run_queue
+
+    return run_queue(Path(args.job_dir))
+
+
+def cmd_jobs(args) -> int:
+    from .jobs import job_runs, list_jobs
+
+    jobs = [{**j, "trainings": job_runs(j)} for j in list_jobs()]
+    if args.json:
+        _print_json(jobs)
+        return 0
+    if not jobs:
+        print("no jobs (the dashboard's Train page and `python -m fer_core sweep` start trainings)")
+    for j in jobs:
+        print(f"job {j['id']} {j['status']}: {j.get('title', '')}")
+        for t in j["trainings"]:
+            s = t["summary"] or {}
+            ep = f"epoch {s.get('epochs_done') or 0}/{s.get('epochs') or '?'}" if s else ""
+            print(f"  {t['status']:<9} {t['label']:<28} {ep:<14} {s.get('run_id', '')}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .jobs import cancel_job, cancel_run, jobs_dir
+
+    if (jobs_dir() / args.target).is_dir():
+        cancel_job(args.target)
+        print(f"job {args.target}: cancelling")
+    else:
+        cancel_run(args.target)
+        print(f"run {args.target}: cancelling")
     return 0
 
 
@@ -502,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_describe)
 
+    s = sub.add_parser("status", help="which data and which device the defaults use (the dashboard's home)")
+    s.add_argument("--data", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
     s = sub.add_parser("data", help="what data is found: source, counts per split and class")
     s.add_argument("--data", default=None, help="file/folder or 'synthetic' (default: $FER_DATA, data/, synthetic)")
     s.add_argument("--json", action="store_true")
@@ -553,6 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, help="destination folder, e.g. results/reference")
     s.add_argument("--weights", choices=["fp16", "fp32", "none"], default="fp16", help="(default: fp16)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("jobs", help="queued trainings started from the dashboard, with their progress")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("cancel", help="cancel a job (its queue) or one running run")
+    s.add_argument("target", help="job id or run id")
+    s.set_defaults(func=cmd_cancel)
+
+    s = sub.add_parser("queue", help=argparse.SUPPRESS)  # the detached process behind a job
+    s.add_argument("job_dir")
+    s.set_defaults(func=cmd_queue)
 
     s = sub.add_parser("eval", help="evaluate a run or weights file on a split")
     s.add_argument("run", help="run id, run folder or weights file")

@@ -1,17 +1,30 @@
-"""Training processes: every training runs as its own ``python -m fer_core train`` process.
+"""Training processes: the only way the dashboard trains.
 
-A page reload, a closed terminal or a crash in one run never takes another run (or the dashboard) with
-it, and the results store on disk is the only channel between a trainer and whoever watches it.
+Every training runs as its own ``python -m fer_core train`` process. A *job* is a queue of such trainings
+run one after another (``parallel`` at a time) by a detached ``python -m fer_core queue JOBDIR`` process,
+so a page reload, a closed tab or a second browser neither stops nor duplicates it. The job's state lives
+on disk next to the runs (``<runs>/.jobs/<job id>/``), which is how any page re-attaches to it:
+
+    plan.json    the trainings (argument lists for ``python -m fer_core``) and ``parallel``
+    state.json   per item: pending / running / done / failed / cancelled, its run folder, exit code
+    log.txt      the queue's own output
+    cancel       present once the user asked to cancel the whole job
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FerError
+from .runs import Run, _pid_alive, atomic_write_json, find_run, read_json, runs_dir
 
 
 @dataclass
@@ -28,24 +41,42 @@ def command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "fer_core", *argv]
 
 
+def _env() -> dict:
+    env = os.environ.copy()
+    root = str(Path(__file__).resolve().parent.parent)  # children find fer_core wherever they start
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def start(job: Job, quiet: bool = True) -> Job:
     """Start ``job`` as a child process (stdout captured for the run folder; stderr shown unless quiet)."""
     job.proc = subprocess.Popen(
-        command(job.argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if quiet else None,
-        text=True,
-        env=os.environ.copy(),
+        command(job.argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True, env=_env()
     )
     return job
 
 
-def run_all(jobs: list[Job], parallel: int = 1, quiet: bool = True, on_done: Callable[[Job], None] | None = None):
-    """Run ``jobs``, at most ``parallel`` at a time, in order; returns them with their exit codes."""
+def run_all(
+    jobs: list[Job],
+    parallel: int = 1,
+    quiet: bool = True,
+    on_done: Callable[[Job], None] | None = None,
+    on_start: Callable[[Job], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+):
+    """Run ``jobs``, at most ``parallel`` at a time, in order; returns them with their exit codes.
+
+    ``stop()`` is polled: once it is true, no new job starts (the running ones are left to the caller).
+    """
     pending, active = list(jobs), []
     while pending or active:
-        while pending and len(active) < max(1, parallel):
-            active.append(start(pending.pop(0), quiet=quiet))
+        while pending and len(active) < max(1, parallel) and not (stop and stop()):
+            job = start(pending.pop(0), quiet=quiet)
+            active.append(job)
+            if on_start:
+                on_start(job)
+        if stop and stop() and not active:
+            break
         time.sleep(0.2)
         for job in list(active):
             if job.proc.poll() is None:
@@ -59,3 +90,156 @@ def run_all(jobs: list[Job], parallel: int = 1, quiet: bool = True, on_done: Cal
             if on_done:
                 on_done(job)
     return jobs
+
+
+# --------------------------------------------------------------------------------------------------- queued jobs
+
+
+def jobs_dir() -> Path:
+    return runs_dir() / ".jobs"
+
+
+def _pending(trainings: list[list[str]]) -> list[dict]:
+    return [{"argv": a, "status": "pending", "run": None, "exit": None} for a in trainings]
+
+
+def submit(trainings: list[list[str]], parallel: int = 1, title: str = "") -> str:
+    """Queue trainings (each the argument list of ``python -m fer_core train ...``) in a detached process.
+
+    Returns the job id. The trainings write into the usual runs folder, so they appear in every listing.
+    """
+    if not trainings:
+        raise FerError("nothing to train: the plan is empty")
+    for argv in trainings:
+        if not argv or argv[0] != "train":
+            raise FerError(f"a queued job runs `train` only, got {argv[:1]}")
+    jid = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    d = jobs_dir() / jid
+    d.mkdir(parents=True)
+    atomic_write_json(d / "plan.json", {"title": title, "parallel": parallel, "trainings": trainings})
+    items = _pending(trainings)
+    atomic_write_json(d / "state.json", {"status": "queued", "items": items, "submitted": time.time()})
+    with open(d / "log.txt", "ab") as log:
+        subprocess.Popen(
+            command(["queue", str(d)]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_env(),
+            start_new_session=True,  # outlives the page (and the dashboard) that started it
+        )
+    return jid
+
+
+def run_queue(job_dir: Path) -> int:
+    """The detached queue process: run a job's trainings and keep its state.json true."""
+    job_dir = Path(job_dir)
+    plan = read_json(job_dir / "plan.json")
+    if plan is None:
+        raise FerError(f"{job_dir}: no plan.json")
+    state = read_json(job_dir / "state.json") or {}
+    items = state.get("items") or _pending(plan["trainings"])
+    state.update(status="running", pid=os.getpid(), items=items)
+    atomic_write_json(job_dir / "state.json", state)
+    cancelled = lambda: (job_dir / "cancel").exists()
+    jobs = [Job(it["argv"], tag={"i": i}) for i, it in enumerate(items) if it["status"] == "pending"]
+
+    def on_start(job: Job) -> None:
+        items[job.tag["i"]].update(status="running", pid=job.proc.pid)
+        atomic_write_json(job_dir / "state.json", state)
+
+    def on_done(job: Job) -> None:
+        it = items[job.tag["i"]]
+        it.update(exit=job.returncode, run=job.run_path, pid=None)
+        it["status"] = {0: "done", 1: "cancelled" if cancelled() else "failed"}.get(job.returncode, "failed")
+        if job.returncode and job.stderr_tail:
+            it["error"] = job.stderr_tail
+        atomic_write_json(job_dir / "state.json", state)
+
+    def on_term(signum, frame):  # cancelling the queue cancels its running trainings too
+        (job_dir / "cancel").touch()
+        for job in jobs:
+            if job.proc is not None and job.proc.poll() is None:
+                job.proc.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    run_all(jobs, int(plan.get("parallel", 1)), on_done=on_done, on_start=on_start, stop=cancelled)
+    for it in items:
+        if it["status"] == "pending":
+            it["status"] = "cancelled"
+    state.update(status="cancelled" if cancelled() else "finished", pid=None, ended=time.time())
+    atomic_write_json(job_dir / "state.json", state)
+    return 0
+
+
+def list_jobs() -> list[dict]:
+    """Every job, newest first, with a dead queue process reported as finished."""
+    out = []
+    d = jobs_dir()
+    if not d.is_dir():
+        return out
+    for p in sorted(d.iterdir(), reverse=True):
+        state, plan = read_json(p / "state.json"), read_json(p / "plan.json")
+        if not state or not plan:
+            continue
+        if state.get("status") in ("queued", "running") and state.get("pid") and not _pid_alive(int(state["pid"])):
+            state["status"] = "died"
+        if state.get("status") == "queued" and time.time() - state.get("submitted", 0) > 60:
+            state["status"] = "died"  # the queue process never started
+        out.append({"id": p.name, "title": plan.get("title", ""), "path": str(p), **state})
+    return out
+
+
+def active_jobs() -> list[dict]:
+    return [j for j in list_jobs() if j.get("status") in ("queued", "running")]
+
+
+def cancel_job(job_id: str) -> None:
+    """Stop a job: no further trainings start, and the running ones are cancelled (recorded as such)."""
+    d = jobs_dir() / job_id
+    if not d.is_dir():
+        raise FerError(f"no job {job_id!r}")
+    (d / "cancel").touch()
+    state = read_json(d / "state.json") or {}
+    if state.get("pid") and _pid_alive(int(state["pid"])):
+        os.kill(int(state["pid"]), signal.SIGTERM)
+
+
+def cancel_run(run_ref: str) -> None:
+    """Cancel one running training (its process records the run as cancelled)."""
+    run: Run = find_run(run_ref)
+    s = run.summary()
+    if s.get("status") != "running" or not s.get("pid"):
+        raise FerError(f"run {run.run_id} is not running (status: {s.get('status')})")
+    os.kill(int(s["pid"]), signal.SIGTERM)
+
+
+def job_runs(job: dict) -> list[dict]:
+    """Each training of a job with its live run summary (None until it has started)."""
+    rows = []
+    for it in job.get("items", []):
+        summary = Run(Path(it["run"])).summary() if it.get("run") else _running_summary(it)
+        rows.append({**it, "label": describe_item(it), "summary": summary})
+    return rows
+
+
+def _argv_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
+
+
+def _running_summary(item: dict) -> dict | None:
+    """The summary of the run a running queue item is training (found by its trainer's pid)."""
+    pid = item.get("pid")
+    if not pid:
+        return None
+    d = runs_dir()
+    for p in d.iterdir() if d.is_dir() else []:
+        s = read_json(p / "summary.json")
+        if s and s.get("pid") == pid and s.get("status") == "running":
+            return {**s, "path": str(p)}
+    return None
+
+
+def describe_item(item: dict) -> str:
+    argv = item["argv"]
+    return f"{_argv_value(argv, '--model')} w{_argv_value(argv, '--width')} seed {_argv_value(argv, '--seed') or 0}"

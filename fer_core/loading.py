@@ -104,3 +104,29 @@ def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
         source=source,
         summary=run.summary() if run else {},
     )
+
+
+def available_models() -> list[dict]:
+    """Every completed run with weights, shipped reference runs first, then by family and size."""
+    from .runs import list_summaries
+
+    rows = []
+    for s in list_summaries():
+        path = Path(s["path"])
+        if s.get("status") != "completed" or not any((path / n).is_file() for n in ("weights.pt", "weights_fp16.pt")):
+            continue
+        acc = s.get("public_acc")
+        tag = " · synthetic" if s.get("data") == "synthetic" else ""
+        rows.append(
+            {
+                "run_id": s["run_id"],
+                "path": str(path),
+                "source": s["source"],
+                "family": s.get("family"),
+                "params": s.get("params") or 0,
+                "public_acc": acc,
+                "label": f"{'★ ' if s['source'] == 'reference' else ''}{s.get('family')} w{s.get('width', 0):g} · "
+                f"{(s.get('params') or 0) / 1000:.0f}k params · public {acc:.3f}{tag} · {s['run_id']}",
+            }
+        )
+    return sorted(rows, key=lambda r: (r["source"] != "reference", r["family"] or "", r["params"]))

@@ -48,8 +48,23 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    r = run_cli("train", "--model", "mobilenet", "--width", "0.25", "--data", "synthetic", "--limit", "256",
-                "--epochs", "1", "--out", str(out), "--json", env={"FER_RUNS": str(out)})  # fmt: skip
+    r = run_cli(
+        "train",
+        "--model",
+        "mobilenet",
+        "--width",
+        "0.25",
+        "--data",
+        "synthetic",
+        "--limit",
+        "256",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+        env={"FER_RUNS": str(out)},
+    )
     summary = _json(r)
     return out, summary
 
@@ -59,8 +74,19 @@ def test_train_prints_its_summary_and_runs_lists_it(trained):
     assert s["status"] == "completed" and s["epochs_done"] == 1 and s["data"] == "synthetic"
     rows = _json(run_cli("runs", "--json", env={"FER_RUNS": str(out)}))
     row = next(r for r in rows if r["run_id"] == s["run_id"])
-    for key in ["run_id", "family", "width", "params", "bytes_fp16", "public_acc", "private_acc", "status",
-                "epochs_done", "seed", "data"]:  # fmt: skip
+    for key in [
+        "run_id",
+        "family",
+        "width",
+        "params",
+        "bytes_fp16",
+        "public_acc",
+        "private_acc",
+        "status",
+        "epochs_done",
+        "seed",
+        "data",
+    ]:
         assert key in row
     assert row["data"] == "synthetic"
 

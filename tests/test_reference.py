@@ -28,8 +28,10 @@ def test_the_plan_covers_what_the_study_needs():
 
 
 def test_run_reference_fits_the_epochs_into_the_window(monkeypatch, tmp_path):
-    items = [{"family": "cnn", "width": 0.1, "seed": 0, "recipe": "seed", "role": "sweep"},
-             {"family": "mobilenet", "width": 0.25, "seed": 0, "recipe": "seed", "role": "sweep"}]  # fmt: skip
+    items = [
+        {"family": "cnn", "width": 0.1, "seed": 0, "recipe": "seed", "role": "sweep"},
+        {"family": "mobilenet", "width": 0.25, "seed": 0, "recipe": "seed", "role": "sweep"},
+    ]
     monkeypatch.setattr(reference, "plan", lambda better=True: items)
     extra = ["--data", "synthetic:140", "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "runs")]
     rec = reference.run_reference(epochs=1000, fit_in=60, parallel=2, extra=extra)

@@ -1,0 +1,125 @@
+"""Comparisons over the runs table: Pareto frontiers, the matched-budget gap, two-run cards.
+
+Plain pandas in, plain pandas out: the dashboard and ``python -m fer_core compare`` print the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+#: What the scatters can put on the x axis: column -> axis title (log scale for all).
+X_AXES = {
+    "params": "trainable parameters",
+    "bytes_fp16": "saved size, fp16 (bytes)",
+    "bytes_fp32": "saved size, fp32 (bytes)",
+    "macs": "multiply-accumulates per image",
+    "latency_ms_cpu": "CPU latency, batch 1 (ms)",
+}
+Y_AXES = {"public_acc": "public accuracy", "private_acc": "private accuracy"}
+#: The course's size limits for the compressed model (bytes of the saved file).
+BYTE_LIMITS = {"strong baseline (225,000 B)": 225_000, "simple baseline (650,000 B)": 650_000}
+
+
+def runs_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The runs table with what the comparisons need: a y value for running runs (best public so far)."""
+    if df is None:
+        from .runs import table
+
+        df = table()
+    df = df.copy()
+    if df.empty:
+        return df
+    live = df["status"].eq("running")
+    if "best_public_acc" in df.columns:
+        df.loc[live, "public_acc"] = df.loc[live, "best_public_acc"]
+    df["data"] = df["data"].fillna("unknown")
+    return df
+
+
+def pareto_frontier(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The runs no other run beats: smaller (or equal) x and higher y. Sorted by x."""
+    d = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    keep, best = [], -math.inf
+    for idx, val in d[y].items():
+        if val > best:
+            keep.append(idx)
+            best = val
+    return d.loc[keep]
+
+
+def _curve(df: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray]:
+    g = df.groupby("params")[y].mean().sort_index()
+    return np.log10(g.index.to_numpy(dtype=float)), g.to_numpy(dtype=float)
+
+
+def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobilenet", b: str = "cnn") -> pd.DataFrame:
+    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size.
+
+    ``b``'s accuracy at ``a``'s parameter count is interpolated linearly on log10(params) between ``b``'s
+    runs of the same seed (all seeds pooled when that seed has no ``b`` runs); sizes outside ``b``'s range
+    are not extrapolated. Several seeds give a mean and a sample standard deviation.
+    """
+    d = df[(df["status"] == "completed")].dropna(subset=[y, "params"])
+    fa, fb = d[d["family"] == a], d[d["family"] == b]
+    rows = []
+    if fa.empty or fb.empty:
+        return pd.DataFrame(columns=["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds"])
+    pooled = _curve(fb, y)
+    for width, grp in fa.groupby("width"):
+        params = float(grp["params"].iloc[0])
+        gaps, accs, others = [], [], []
+        for _, r in grp.iterrows():
+            same_seed = fb[fb["seed"] == r["seed"]]
+            xs, ys = _curve(same_seed, y) if same_seed["params"].nunique() >= 2 else pooled
+            lp = math.log10(params)
+            if len(xs) < 2 or lp < xs[0] - 1e-9 or lp > xs[-1] + 1e-9:
+                continue
+            other = float(np.interp(lp, xs, ys))
+            gaps.append(r[y] - other)
+            accs.append(r[y])
+            others.append(other)
+        if gaps:
+            rows.append(
+                {
+                    "width": width,
+                    "params": int(params),
+                    f"{a}_acc": float(np.mean(accs)),
+                    f"{b}_acc_interp": float(np.mean(others)),
+                    "gap_mean": float(np.mean(gaps)),
+                    "gap_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
+                    "seeds": len(gaps),
+                }
+            )
+    return pd.DataFrame(rows).sort_values("params").reset_index(drop=True) if rows else pd.DataFrame(rows)
+
+
+def two_run_card(run_ids: list[str]) -> list[dict]:
+    """Side by side: architecture print, params, bytes, public/private accuracy (the report's question 1)."""
+    from .loading import load_model
+
+    cards = []
+    for rid in run_ids:
+        lm = load_model(rid)
+        s = lm.summary
+        cards.append(
+            {
+                "run_id": lm.name,
+                "family": lm.family,
+                "width": lm.width,
+                "params": s.get("params"),
+                "state_values": s.get("state_values"),
+                "bytes_fp32": s.get("bytes_fp32"),
+                "bytes_fp16": s.get("bytes_fp16"),
+                "macs": s.get("macs"),
+                "public_acc": s.get("public_acc"),
+                "private_acc": s.get("private_acc"),
+                "epochs_done": s.get("epochs_done"),
+                "recipe": s.get("recipe"),
+                "data": s.get("data"),
+                "architecture": str(lm.model),
+            }
+        )
+    return cards

@@ -1,0 +1,131 @@
+"""Train: choose families and sizes, see each model's cost before starting, follow and cancel the jobs."""
+
+import pandas as pd
+import streamlit as st
+
+from fer_core.config import RECIPES
+from fer_core.errors import FerError
+from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
+from fer_core.planning import TrainOptions, costs, log_budgets, parse_numbers, plan, train_argv
+from fer_core.status import device_status
+
+FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}
+
+
+@st.cache_data(show_spinner=False)
+def _costs(family: str, width: float) -> dict:
+    return costs({"family": family, "width": width})
+
+
+def sizes_ui() -> tuple[list[str], list[float] | None, list[float] | None, list[int]]:
+    families = st.multiselect("Families", list(FAMILIES), default=list(FAMILIES), format_func=FAMILIES.get)
+    mode = st.radio("Sizes by", ["parameter budgets", "widths"], horizontal=True)
+    if mode == "parameter budgets":
+        c1, c2, c3 = st.columns(3)
+        lo = c1.number_input("smallest budget (parameters)", 1e3, 1e8, 2e4, step=1e4, format="%.0f")
+        hi = c2.number_input("largest budget", 1e3, 1e8, 1e6, step=1e5, format="%.0f")
+        n = c3.number_input("points (log-spaced)", 1, 20, 5)
+        budgets, widths = log_budgets(lo, hi, int(n)), None
+        st.caption("Each budget is solved to a width for each family, so the two families' points line up.")
+    else:
+        budgets, widths = None, parse_numbers(st.text_input("widths (comma-separated)", "0.25, 0.5, 1.0"), "widths")
+    seeds = parse_numbers(st.text_input("seeds", "0", help="several seeds give a mean ± sd"), "seeds", integer=True)
+    return families, budgets, widths, seeds
+
+
+def options_ui(gpu: bool) -> TrainOptions:
+    with st.expander("Training settings", expanded=True):
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input("epochs", 1, 1000, 100 if gpu else 10)
+        batch = c2.number_input("batch size", 8, 4096, 128)
+        recipe = c3.selectbox("recipe", list(RECIPES), help="seed = the report's protocol (Adam 1e-3, constant)")
+        lr = c4.number_input("learning rate (0 = the recipe's)", 0.0, 1.0, 0.0, format="%.4f")
+        c1, c2, c3, c4 = st.columns(4)
+        augment = c1.checkbox("augmentation (flip, rotate, shift, scale)", True)
+        data = c2.text_input("data", "", help="empty: $FER_DATA, data/, else synthetic; or a path, or 'synthetic'")
+        limit = c3.number_input("limit training images (0 = all)", 0, 10_000_000, 0)
+        device = c4.selectbox("device", ["auto", "cpu", "cuda"])
+    return TrainOptions(
+        epochs=int(epochs),
+        data=data.strip() or None,
+        device=device,
+        limit=int(limit) or None,
+        batch_size=int(batch),
+        recipe=recipe,
+        lr=lr or None,
+        augment=augment,
+    )
+
+
+def plan_table(items: list[dict]) -> pd.DataFrame:
+    rows = []
+    for it in items:
+        if it["seed"] != items[0]["seed"]:
+            continue
+        c = _costs(it["family"], it["width"])
+        rows.append(
+            {
+                "family": it["family"],
+                "width": it["width"],
+                "budget": it["budget"],
+                "params": c["params"],
+                "bytes fp16": c["bytes_fp16"],
+                "MACs": c["macs"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@st.fragment(run_every=2)
+def jobs_ui() -> None:
+    jobs = list_jobs()[:5]
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    for job in jobs:
+        live = job["status"] in ("queued", "running")
+        head = st.columns([4, 1])
+        head[0].markdown(f"**Job {job['id']}** · {job.get('title') or ''} · {job['status']}")
+        if live and head[1].button("Cancel job", key=f"cj-{job['id']}"):
+            cancel_job(job["id"])
+            st.toast("Cancelling the job…")
+        for i, t in enumerate(job_runs(job)):
+            s = t["summary"] or {}
+            done, total = s.get("epochs_done") or 0, s.get("epochs") or 0
+            text = f"{t['label']} · {t['status']}"
+            if s:
+                acc = s.get("public_acc") if t["status"] == "done" else s.get("best_public_acc")
+                eta = s.get("wall_s", 0) / max(done, 1) * (total - done) if s.get("status") == "running" else 0
+                text += f" · epoch {done}/{total}" + (f" · public {acc:.3f}" if isinstance(acc, float) else "")
+                text += f" · {s.get('img_per_s') or 0:,.0f} img/s" + (f" · ETA {eta:.0f} s" if eta else "")
+            row = st.columns([4, 1])
+            row[0].progress(done / total if total else 0.0, text=text)
+            if s.get("status") == "running" and row[1].button("Cancel run", key=f"cr-{job['id']}-{i}"):
+                cancel_run(s["run_id"])
+                st.toast(f"Cancelling {s['run_id']}…")
+            if t.get("error"):
+                row[0].caption(f"error: {t['error'].splitlines()[-1]}")
+
+
+st.title("Train")
+gpu = device_status()["device"] == "cuda"
+try:
+    families, budgets, widths, seeds = sizes_ui()
+    options = options_ui(gpu)
+    items = plan(families, budgets=budgets, widths=widths, seeds=seeds)
+except FerError as e:
+    st.error(str(e))
+    st.stop()
+
+st.subheader(f"Planned: {len(items)} trainings")
+st.dataframe(plan_table(items), hide_index=True)
+st.caption("Trainings run one after another in their own process: closing or reloading this page stops nothing.")
+if st.button("Start", type="primary"):
+    try:
+        jid = submit([train_argv(it, options) for it in items], title=f"{len(items)} trainings")
+        st.success(f"Job {jid} started.")
+    except FerError as e:
+        st.error(str(e))
+
+st.subheader("Jobs")
+jobs_ui()

@@ -1,0 +1,110 @@
+"""Compare: the live accuracy-vs-size scatter, the matched-budget gap, learning curves, per-run details."""
+
+import streamlit as st
+
+from fer_core.compare import X_AXES, Y_AXES, matched_budget_gap, runs_frame, two_run_card
+from fer_core.errors import FerError
+from fer_core.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
+from fer_core.runs import find_run
+
+st.title("Compare")
+
+df = runs_frame()
+if df.empty:
+    st.info("No runs yet: start some on the Train page (or the quick demo on the Home page).")
+    st.stop()
+
+
+def filters_ui(df):
+    c1, c2, c3, c4 = st.columns(4)
+    x = c1.selectbox("x axis", list(X_AXES), format_func=X_AXES.get)
+    y = c2.selectbox("y axis", list(Y_AXES), format_func=Y_AXES.get)
+    sources = sorted(df["data"].unique())
+    default = ["fer2013"] if "fer2013" in sources else sources
+    data = c3.multiselect("data", sources, default=default, help="synthetic runs are never FER2013 numbers")
+    recipes = sorted(df["recipe"].dropna().unique())
+    recipe = c4.multiselect("recipe", recipes, default=recipes)
+    return x, y, data, recipe
+
+
+x, y, data, recipes = filters_ui(df)
+live = bool((df["status"] == "running").any())
+
+
+@st.fragment(run_every=3 if live else 30)
+def scatter_ui():
+    d = runs_frame()
+    d = d[d["data"].isin(data) & (d["recipe"].isin(recipes) | d["recipe"].isna())]
+    d = d[d["status"].isin(["completed", "running"])]
+    if len(data) > 1 and "synthetic" in data:
+        st.warning("Synthetic-face runs are shown beside real ones: diamonds are synthetic, circles FER2013.")
+    st.plotly_chart(scatter(d, x, y), config=PNG_CONFIG, key="scatter")
+    st.caption(
+        f"{int((d['status'] == 'completed').sum())} completed · {int((d['status'] == 'running').sum())} running "
+        "(open markers, best public accuracy so far) · dotted lines: each family's Pareto frontier · "
+        "the camera icon saves a PNG."
+    )
+
+
+scatter_ui()
+shown = df[df["data"].isin(data) & (df["recipe"].isin(recipes) | df["recipe"].isna())]
+
+st.subheader("Matched-budget gap: MobileNet minus CNN at equal parameters")
+gap = matched_budget_gap(shown, y=y if y in shown else "public_acc")
+if gap.empty:
+    st.caption("Needs completed runs of both families whose sizes overlap.")
+else:
+    st.dataframe(
+        gap.style.format(
+            {"mobilenet_acc": "{:.4f}", "cnn_acc_interp": "{:.4f}", "gap_mean": "{:+.4f}", "gap_sd": "{:.4f}"},
+            na_rep="-",
+        ),
+        hide_index=True,
+    )
+    st.caption(
+        "The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; "
+        "the spread is over seeds."
+    )
+
+done = shown[shown["status"] == "completed"].sort_values("params")
+ids = done["run_id"].tolist()
+if not ids:
+    st.stop()
+label = dict(zip(done["run_id"], done["family"] + " w" + done["width"].map("{:g}".format) + " · " + done["run_id"]))
+
+st.subheader("Learning curves")
+picked = st.multiselect("runs", ids, default=ids[:2], format_func=label.get)
+st.plotly_chart(learning_curves({r: find_run(r).metrics() for r in picked}), config=PNG_CONFIG)
+
+st.subheader("One run in detail")
+one = st.selectbox("run", ids, format_func=label.get)
+s = find_run(one).summary()
+split = st.radio("split", ["public", "private"], horizontal=True)
+c1, c2 = st.columns(2)
+c1.plotly_chart(confusion(s[f"confusion_{split}"], f"confusion ({split})"), config=PNG_CONFIG)
+c2.plotly_chart(per_class(s[f"per_class_{split}"], f"accuracy per expression ({split})"), config=PNG_CONFIG)
+
+st.subheader("Two runs side by side")
+pair = st.multiselect(
+    "pick two", ids, default=ids[:1] + ids[-1:] if len(ids) > 1 else ids, max_selections=2, format_func=label.get
+)
+if len(pair) == 2:
+    try:
+        cards = two_run_card(pair)
+    except FerError as e:
+        st.error(str(e))
+        cards = []
+    for col, card in zip(st.columns(2), cards):
+        with col:
+            st.markdown(f"**{card['family']} w{card['width']:g}** · `{card['run_id']}`")
+            st.metric("private accuracy", f"{card['private_acc']:.4f}", help="evaluated once, after training")
+            st.write(
+                f"public {card['public_acc']:.4f} · {card['params']:,} params ({card['state_values']:,} values "
+                f"with BatchNorm buffers) · {card['bytes_fp16']:,} B fp16 · {card['bytes_fp32']:,} B fp32 · "
+                f"{card['macs']:,} MACs · {card['epochs_done']} epochs · recipe {card['recipe']}"
+            )
+            st.code(card["architecture"], language=None)
+
+st.subheader("All runs")
+st.dataframe(shown, hide_index=True)
+st.download_button("Download CSV", shown.to_csv(index=False).encode(), "fer-lab-runs.csv", "text/csv")

@@ -1,0 +1,96 @@
+"""Home: what FER Lab answers, the headline scatter, where the data and the GPU stand, and what to do next."""
+
+import streamlit as st
+
+from fer_core.compare import runs_frame
+from fer_core.errors import FerError
+from fer_core.figures import PNG_CONFIG, scatter
+from fer_core.jobs import active_jobs, submit
+from fer_core.planning import quick_demo, train_argv
+from fer_core.status import data_status, device_status
+
+
+@st.cache_data(ttl=60, show_spinner="Looking for FER2013…")
+def _data_status():
+    return data_status()
+
+
+def status_ui(data: dict, device: dict) -> None:
+    left, right = st.columns(2)
+    with left:
+        if not data["ok"]:
+            st.error(f"Data: {data['error']}")
+        elif data["synthetic"]:
+            st.warning(
+                "Data: **synthetic faces** (no FER2013 found). Set `FER_DATA` to your FER2013 file or folder, "
+                "or put it in `data/`, then reload."
+            )
+        else:
+            sizes = data["sizes"]
+            st.success(
+                f"Data: **{data['data']}** from `{data['file']}` · train {sizes['train']:,} · "
+                f"public {sizes['public']:,} · private {sizes['private']:,}"
+            )
+    with right:
+        if device["device"] == "cuda":
+            st.success(f"Training device: **{device['name']}**")
+        else:
+            st.info("Training device: **CPU only** (small models and short runs are fine)")
+
+
+def home() -> None:
+    st.title("FER Lab")
+    st.markdown(
+        "**How small can a facial-expression model get before it stops working, and which architecture wins "
+        "at each size?** FER Lab trains a MobileNet-style family (depthwise-separable convolutions) and a "
+        "standard CNN family at many widths on FER2013 (48×48 gray faces, 7 expressions), and plots accuracy "
+        "against parameters, bytes, MACs and latency."
+    )
+    data, device = _data_status(), device_status()
+    status_ui(data, device)
+
+    df = runs_frame()
+    if df.empty:
+        st.subheader("No runs yet")
+        real = bool(data.get("ok") and not data.get("synthetic"))
+        items, options = quick_demo(real)
+        st.write(
+            f"Start a quick demo: {len(items)} small models ({', '.join(sorted({i['family'] for i in items}))}, "
+            f"about 2×10⁴ and 10⁵ parameters) for {options.epochs} epochs on "
+            + ("the first 3,000 FER2013 training faces." if real else "synthetic faces.")
+            + " The scatter fills in as each one finishes (a couple of minutes on a laptop CPU)."
+        )
+        if active_jobs():
+            st.info("A job is running: watch it on the Train page.")
+        elif st.button("Start the quick demo", type="primary"):
+            try:
+                submit([train_argv(i, options) for i in items], title="quick demo")
+                st.success("Started. Follow it on the Train page, or watch the Compare page fill in.")
+            except FerError as e:
+                st.error(str(e))
+    else:
+        shown = df[df["data"] == "fer2013"] if (df["data"] == "fer2013").any() else df
+        src = "FER2013" if (df["data"] == "fer2013").any() else ", ".join(sorted(df["data"].unique()))
+        st.subheader(f"Accuracy against parameters · {src}")
+        st.plotly_chart(scatter(shown, "params", "public_acc"), config=PNG_CONFIG)
+        done = shown[shown["status"] == "completed"]
+        st.caption(
+            f"{len(done)} completed runs, {int((shown['status'] == 'running').sum())} running. "
+            "Open markers are runs still training (best public accuracy so far)."
+        )
+
+    st.subheader("Next")
+    c1, c2, c3 = st.columns(3)
+    c1.page_link(PAGES["train"], label="Train models")
+    c2.page_link(PAGES["compare"], label="Compare runs")
+    c3.page_link(PAGES["try"], label="Try your face")
+
+
+st.set_page_config(page_title="FER Lab", layout="wide")
+PAGES = {
+    "home": st.Page(home, title="Home", default=True),
+    "train": st.Page("pages/1_Train.py", title="Train", url_path="train"),
+    "compare": st.Page("pages/2_Compare.py", title="Compare", url_path="compare"),
+    "try": st.Page("pages/3_Try_it.py", title="Try it", url_path="try-it"),
+}
+st.navigation(list(PAGES.values())).run()

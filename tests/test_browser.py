@@ -1,0 +1,172 @@
+"""One real-browser walk through the whole product: every page, a tiny training from the Train page,
+its point on the Compare scatter, and a webcam snapshot (Chromium's fake camera showing a drawn face).
+
+Needs Debian's chromium and the playwright Python package (.ci/run installs both); skipped without them.
+Screenshots of every page go to artifacts/screenshots/ (git-ignored).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from fer_core.inference import demo_frame
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pw = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+SHOTS = ROOT / "artifacts" / "screenshots"
+
+
+def write_y4m(path: Path, frame: np.ndarray, frames: int = 10) -> None:
+    """A YUV4MPEG2 video of one gray frame, which Chromium plays as its fake webcam."""
+    h, w = frame.shape
+    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + frame.tobytes() + chroma + chroma)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FER_RUNS": str(tmp / "runs"),
+        "FER_CACHE": str(tmp / "cache"),
+        "FER_DATA": "synthetic",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}", tmp
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    video = tmp_path_factory.mktemp("cam") / "face.y4m"
+    write_y4m(video, demo_frame(3))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={video}",
+            ],
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 2400}, permissions=["camera"])
+        yield context.new_page()
+        browser.close()
+
+
+def _settle(page, timeout=60_000):
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def _set(page, role: str, label: str, value: str) -> None:
+    box = page.get_by_role(role, name=label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    _settle(page)
+
+
+def test_the_whole_path_in_a_real_browser(server, page):
+    url, tmp = server
+    page.goto(url)
+    _settle(page)
+    page.get_by_text("How small can a facial-expression model get").wait_for()
+    page.get_by_text("synthetic faces").first.wait_for()
+    page.screenshot(path=str(SHOTS / "home-empty.png"))
+
+    page.goto(f"{url}/train")
+    _settle(page)
+    page.get_by_role("radio", name="widths").check(force=True)
+    _settle(page)
+    _set(page, "textbox", "widths (comma-separated)", "0.25")
+    _set(page, "spinbutton", "epochs", "2")
+    _set(page, "spinbutton", "limit training images (0 = all)", "300")
+    page.get_by_text("Planned: 2 trainings").wait_for()
+    page.screenshot(path=str(SHOTS / "train-plan.png"))
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("started").first.wait_for(timeout=30_000)
+    deadline = time.time() + 240
+    runs = tmp / "runs"
+    while time.time() < deadline:  # both trainings finish in their own processes
+        done = [p for p in runs.glob("*/summary.json") if '"completed"' in p.read_text()]
+        if len(done) == 2:
+            break
+        time.sleep(1)
+    assert len(done) == 2
+    time.sleep(3)  # the jobs fragment refreshes every 2 s
+    page.screenshot(path=str(SHOTS / "train-jobs.png"))
+
+    page.goto(f"{url}/compare")
+    _settle(page)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    points = page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").count()
+    assert points == 2
+    page.screenshot(path=str(SHOTS / "compare.png"))
+
+    page.goto(f"{url}/try-it")
+    _settle(page)
+    page.get_by_role("button", name="Take Photo").click()
+    page.get_by_text("Face 1").wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "try-it.png"))
+    assert page.locator(".js-plotly-plot").count() == 2  # one probability chart per model
+    page.screenshot(path=str(SHOTS / "try-it.png"))
+
+    page.goto(url)
+    _settle(page)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "home.png"))
