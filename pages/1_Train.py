@@ -7,7 +7,7 @@ from fer_core.config import RECIPES
 from fer_core.errors import FerError
 from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
 from fer_core.planning import TrainOptions, costs, log_budgets, parse_numbers, plan, train_argv
-from fer_core.status import device_status
+from fer_core.status import data_status, device_status
 
 FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}
 
@@ -121,6 +121,10 @@ st.subheader(f"Planned: {len(items)} trainings")
 st.dataframe(plan_table(items), hide_index=True)
 st.caption("Trainings run one after another in their own process: closing or reloading this page stops nothing.")
 if st.button("Start", type="primary"):
+    checked = data_status(options.data)
+    if not checked["ok"]:
+        st.error(f"Data: {checked['error']}")
+        st.stop()
     try:
         jid = submit([train_argv(it, options) for it in items], title=f"{len(items)} trainings")
         st.success(f"Job {jid} started.")

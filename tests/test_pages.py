@@ -145,3 +145,11 @@ def test_try_it_uses_the_webcam_snapshot(two_runs, monkeypatch):
         at = app("pages/3_Try_it.py").run()
     _no_exception(at)
     assert any("Face 1" in m.value for m in at.markdown)
+
+
+def test_train_page_refuses_a_missing_data_path_before_starting(synthetic_env, tmp_path):
+    at = app("pages/1_Train.py").run()
+    next(t for t in at.text_input if t.label == "data").set_value(str(tmp_path / "nowhere.csv")).run()
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert any("nowhere.csv does not exist" in e.value for e in at.error)
+    assert list_jobs() == []

@@ -1,0 +1,32 @@
+"""fer_core's training side runs where streamlit and plotly are not installed (a GPU machine, CI workers)."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BLOCK_UI = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('streamlit', 'plotly'):
+            raise ImportError(f'{name} is not installed here')
+sys.meta_path.insert(0, Blocker())
+import fer_core.cli, fer_core.train, fer_core.data, fer_core.inference, fer_core.reference, fer_core.bench
+import fer_core.jobs, fer_core.compare, fer_core.planning, fer_core.status, fer_core.figures
+from fer_core.cli import main
+sys.exit(main(['train', '--model', 'cnn', '--width', '0.1', '--data', 'synthetic', '--limit', '128',
+               '--epochs', '1', '--quiet', '--out', sys.argv[1]]))
+"""
+
+
+def test_training_needs_neither_streamlit_nor_plotly(tmp_path):
+    r = subprocess.run([sys.executable, "-c", BLOCK_UI, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / r.stdout.strip().splitlines()[-1].split("/")[-1] / "weights.pt").is_file()
+
+
+def test_no_fer_core_module_imports_streamlit():
+    for path in (ROOT / "fer_core").rglob("*.py"):
+        text = path.read_text()
+        assert "import streamlit" not in text and "from streamlit" not in text, path
