@@ -77,17 +77,13 @@ def costs(item: dict) -> dict:
     return model_stats(create_model(item["family"], item["width"]), latency=False)
 
 
-def train_argv(item: dict, options: TrainOptions) -> list[str]:
-    return [
-        "train",
-        "--model",
-        item["family"],
-        "--width",
-        repr(item["width"]),
-        "--seed",
-        str(item["seed"]),
-        *options.argv(),
-    ]
+def train_argv(item: dict, options: TrainOptions | list[str]) -> list[str]:
+    """``python -m fer_core`` arguments that train ``item`` (family, width, seed, optional recipe)."""
+    argv = ["train", "--model", item["family"], "--width", repr(item["width"]), "--seed", str(item["seed"])]
+    argv += options.argv() if isinstance(options, TrainOptions) else list(options)
+    if item.get("recipe"):
+        argv += ["--recipe", item["recipe"]]  # the item's own recipe wins over the options'
+    return argv
 
 
 def quick_demo(real_data: bool) -> tuple[list[dict], TrainOptions]:

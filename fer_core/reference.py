@@ -24,6 +24,7 @@ from pathlib import Path
 from .errors import FerError
 from .jobs import Job, run_all
 from .models import count_params, solve_width
+from .planning import train_argv
 from .runs import Run, atomic_write_json, load_weights_file, read_json
 
 BUDGETS = [2e4, 5e4, 3e5, 1e6]
@@ -52,27 +53,7 @@ def plan(better: bool = True) -> list[dict]:
 
 
 def _jobs(items: list[dict], epochs: int, extra: list[str]) -> list[Job]:
-    return [
-        Job(
-            [
-                "train",
-                "--model",
-                it["family"],
-                "--width",
-                repr(it["width"]),
-                "--seed",
-                str(it["seed"]),
-                "--recipe",
-                it["recipe"],
-                "--epochs",
-                str(epochs),
-                "--quiet",
-                *extra,
-            ],
-            tag=it,
-        )
-        for it in items
-    ]
+    return [Job(train_argv(it, ["--epochs", str(epochs), "--quiet", *extra]), tag=it) for it in items]
 
 
 def calibrate(items: list[dict], parallel: int, extra: list[str], epochs: int = 2) -> dict:

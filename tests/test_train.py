@@ -145,21 +145,25 @@ def _train_argv(out, epochs):
     ]
 
 
-def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
+def _start_training(out, epochs):
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    out = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fer_core", *_train_argv(out, 4)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "fer_core", *_train_argv(out, epochs)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
+    out = tmp_path / "runs"
+    proc = _start_training(out, 4)
     _wait_for(lambda: any(out.glob("*/checkpoint.pt")))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -183,20 +187,8 @@ def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
 
 
 def test_sigterm_cancels_and_records_it(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     out = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fer_core", *_train_argv(out, 50)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_training(out, 50)
     _wait_for(lambda: any(out.glob("*/metrics.jsonl")))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 1
