@@ -353,6 +353,42 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import matched_budget_gap, pareto_frontier, runs_frame
+
+    df = runs_frame()
+    if not df.empty:
+        df = df[df["data"] == args.data] if args.data else df
+        if args.recipe:
+            df = df[df["recipe"] == args.recipe]
+    done = df[df["status"] == "completed"] if not df.empty else df
+    gap = matched_budget_gap(done, y=args.y) if not done.empty else None
+    fronts = {}
+    for family, g in done.groupby("family") if not done.empty else []:
+        f = pareto_frontier(g, args.x, args.y)
+        fronts[family] = f[["run_id", "width", args.x, args.y]].to_dict("records")
+    out = {
+        "x": args.x,
+        "y": args.y,
+        "data": args.data,
+        "runs": int(len(done)),
+        "matched_budget_gap": gap.to_dict("records") if gap is not None else [],
+        "pareto_frontier": fronts,
+    }
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{len(done)} completed runs" + (f" on {args.data}" if args.data else "") + f"; y = {args.y}")
+    if gap is not None and not gap.empty:
+        print("\nmatched-budget gap (mobilenet minus cnn at equal parameters):")
+        print(gap.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for family, rows in fronts.items():
+        print(f"\n{family} Pareto frontier ({args.x} vs {args.y}):")
+        for r in rows:
+            print(f"  {r['run_id']:<44} {r[args.x]:>12,.0f} {r[args.y]:.4f}")
+    return 0
+
+
 def cmd_queue(args) -> int:
     from .jobs import run_queue
 
@@ -599,6 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, help="destination folder, e.g. results/reference")
     s.add_argument("--weights", choices=["fp16", "fp32", "none"], default="fp16", help="(default: fp16)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("compare", help="the matched-budget gap and Pareto frontiers the Compare page shows")
+    s.add_argument("--x", default="params", choices=["params", "bytes_fp16", "bytes_fp32", "macs", "latency_ms_cpu"])
+    s.add_argument("--y", default="private_acc", choices=["public_acc", "private_acc"])
+    s.add_argument("--data", default=None, help="only runs on this data (fer2013, synthetic, custom)")
+    s.add_argument("--recipe", default=None, help="only runs of this recipe")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("jobs", help="queued trainings started from the dashboard, with their progress")
     s.add_argument("--json", action="store_true")

@@ -1,0 +1,83 @@
+"""The comparisons: Pareto frontier, the matched-budget gap, and the figures built from them."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from fer_core.compare import matched_budget_gap, pareto_frontier, runs_frame
+from fer_core.figures import scatter
+from fer_core.runs import Run
+
+
+def _df(rows):
+    base = {"status": "completed", "data": "fer2013", "recipe": "seed", "epochs_done": 10, "epochs": 10}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+RUNS = [
+    {"run_id": "c1", "family": "cnn", "width": 0.1, "params": 10_000, "seed": 0, "private_acc": 0.40},
+    {"run_id": "c2", "family": "cnn", "width": 1.0, "params": 1_000_000, "seed": 0, "private_acc": 0.60},
+    {"run_id": "c3", "family": "cnn", "width": 0.1, "params": 10_000, "seed": 1, "private_acc": 0.42},
+    {"run_id": "c4", "family": "cnn", "width": 1.0, "params": 1_000_000, "seed": 1, "private_acc": 0.62},
+    {"run_id": "m1", "family": "mobilenet", "width": 1.0, "params": 100_000, "seed": 0, "private_acc": 0.55},
+    {"run_id": "m2", "family": "mobilenet", "width": 1.0, "params": 100_000, "seed": 1, "private_acc": 0.59},
+    {"run_id": "m3", "family": "mobilenet", "width": 9.0, "params": 9_000_000, "seed": 0, "private_acc": 0.70},
+]
+
+
+def test_gap_interpolates_on_log_params_per_seed_and_never_extrapolates():
+    gap = matched_budget_gap(_df(RUNS))
+    assert len(gap) == 1  # 9M parameters lie beyond every CNN: no number is made up for it
+    row = gap.iloc[0]
+    # seed 0: CNN at 1e5 = halfway (in log) between 0.40 and 0.60 = 0.50 -> gap 0.05; seed 1: 0.52 -> 0.07
+    assert row["params"] == 100_000 and row["seeds"] == 2
+    assert row["gap_mean"] == pytest.approx(0.06) and row["gap_sd"] == pytest.approx(0.0141421, rel=1e-4)
+    assert row["cnn_acc_interp"] == pytest.approx(0.51)
+
+
+def test_gap_ignores_unfinished_runs_and_needs_both_families():
+    rows = [dict(r, status="running") if r["family"] == "cnn" else r for r in RUNS]
+    assert matched_budget_gap(_df(rows)).empty
+
+
+def test_pareto_frontier_keeps_only_unbeaten_runs():
+    df = _df(
+        [
+            {"run_id": "a", "family": "cnn", "width": 1, "params": 10, "seed": 0, "private_acc": 0.5},
+            {"run_id": "b", "family": "cnn", "width": 1, "params": 20, "seed": 0, "private_acc": 0.4},
+            {"run_id": "c", "family": "cnn", "width": 1, "params": 30, "seed": 0, "private_acc": 0.7},
+        ]
+    )
+    assert pareto_frontier(df, "params", "private_acc")["run_id"].tolist() == ["a", "c"]
+
+
+def test_scatter_marks_running_runs_and_draws_byte_limits():
+    df = _df(RUNS)
+    df.loc[0, "status"] = "running"
+    df["bytes_fp16"] = df["params"] * 2
+    fig = scatter(df, "bytes_fp16", "private_acc")
+    names = [t.name for t in fig.data]
+    assert "cnn · fer2013 · running" in names and any(n.endswith("frontier") for n in names)
+    symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "markers"}
+    assert symbols["cnn · fer2013 · running"] == "circle-open"
+    assert {round(s.x0) for s in fig.layout.shapes} == {225_000, 650_000}
+
+
+def test_running_runs_show_their_best_public_accuracy_so_far(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    run = Run.create("cnn", 0.5, 0)
+    run.mark_running(family="cnn", width=0.5, params=1000, best_public_acc=0.33, data="synthetic")
+    df = runs_frame()
+    assert df.loc[0, "public_acc"] == 0.33 and df.loc[0, "status"] == "running"
+
+
+def test_compare_cli_prints_the_same_gap(tmp_path):
+    for r in RUNS:
+        run = Run.create(r["family"], r["width"], r["seed"], root=tmp_path)
+        run.update_summary(**{k: v for k, v in r.items() if k != "run_id"}, status="completed", data="fer2013")
+    out = run_cli("compare", "--data", "fer2013", "--json", env={"FER_RUNS": str(tmp_path)})
+    doc = json.loads(out.stdout)
+    assert doc["runs"] == 7 and doc["matched_budget_gap"][0]["gap_mean"] == pytest.approx(0.06)
+    assert [r["params"] for r in doc["pareto_frontier"]["cnn"]] == [10_000, 1_000_000]
