@@ -89,8 +89,8 @@ def home() -> None:
 st.set_page_config(page_title="FER Lab", layout="wide")
 PAGES = {
     "home": st.Page(home, title="Home", default=True),
-    "train": st.Page("pages/1_Train.py", title="Train", url_path="train"),
-    "compare": st.Page("pages/2_Compare.py", title="Compare", url_path="compare"),
-    "try": st.Page("pages/3_Try_it.py", title="Try it", url_path="try-it"),
+    "train": st.Page("pages/1_Train.py", title="Train", url_path="Train"),
+    "compare": st.Page("pages/2_Compare.py", title="Compare", url_path="Compare"),
+    "try": st.Page("pages/3_Try_it.py", title="Try it", url_path="Try_it"),
 }
 st.navigation(list(PAGES.values())).run()

@@ -55,8 +55,15 @@ if gap.empty:
     st.caption("Needs completed runs of both families whose sizes overlap.")
 else:
     st.dataframe(
-        gap.style.format(
-            {"mobilenet_acc": "{:.4f}", "cnn_acc_interp": "{:.4f}", "gap_mean": "{:+.4f}", "gap_sd": "{:.4f}"},
+        gap.astype({"gap_sd": float}).style.format(
+            {
+                "width": "{:g}",
+                "params": "{:,}",
+                "mobilenet_acc": "{:.4f}",
+                "cnn_acc_interp": "{:.4f}",
+                "gap_mean": "{:+.4f}",
+                "gap_sd": "{:.4f}",
+            },
             na_rep="-",
         ),
         hide_index=True,

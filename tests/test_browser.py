@@ -128,7 +128,7 @@ def test_the_whole_path_in_a_real_browser(server, page):
     page.get_by_text("synthetic faces").first.wait_for()
     page.screenshot(path=str(SHOTS / "home-empty.png"))
 
-    page.goto(f"{url}/train")
+    page.goto(f"{url}/Train")
     _settle(page)
     page.get_by_role("radio", name="widths").check(force=True)
     _settle(page)
@@ -150,14 +150,14 @@ def test_the_whole_path_in_a_real_browser(server, page):
     time.sleep(3)  # the jobs fragment refreshes every 2 s
     page.screenshot(path=str(SHOTS / "train-jobs.png"))
 
-    page.goto(f"{url}/compare")
+    page.goto(f"{url}/Compare")
     _settle(page)
     page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
     points = page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").count()
     assert points == 2
     page.screenshot(path=str(SHOTS / "compare.png"))
 
-    page.goto(f"{url}/try-it")
+    page.goto(f"{url}/Try_it")
     _settle(page)
     page.get_by_role("button", name="Take Photo").click()
     page.get_by_text("Face 1").wait_for(timeout=60_000)
