@@ -38,6 +38,26 @@ def status_ui(data: dict, device: dict) -> None:
             st.info("Training device: **CPU only** (small models and short runs are fine)")
 
 
+def quick_demo_ui(data: dict) -> None:
+    st.subheader("Train your own: a quick demo")
+    real = bool(data.get("ok") and not data.get("synthetic"))
+    items, options = quick_demo(real)
+    st.write(
+        f"{len(items)} small models ({', '.join(sorted({i['family'] for i in items}))}, about 2×10⁴ and 10⁵ "
+        f"parameters) for {options.epochs} epochs on "
+        + ("the first 3,000 FER2013 training faces." if real else "synthetic faces.")
+        + " The scatter fills in as each one finishes (a couple of minutes on a laptop CPU)."
+    )
+    if active_jobs():
+        st.info("A job is running: watch it on the Train page.")
+    elif st.button("Start the quick demo", type="primary"):
+        try:
+            submit([train_argv(i, options) for i in items], title="quick demo")
+            st.success("Started. Follow it on the Train page, or watch the Compare page fill in.")
+        except FerError as e:
+            st.error(str(e))
+
+
 def home() -> None:
     st.title("FER Lab")
     st.markdown(
@@ -50,35 +70,21 @@ def home() -> None:
     status_ui(data, device)
 
     df = runs_frame()
-    if df.empty:
-        st.subheader("No runs yet")
-        real = bool(data.get("ok") and not data.get("synthetic"))
-        items, options = quick_demo(real)
-        st.write(
-            f"Start a quick demo: {len(items)} small models ({', '.join(sorted({i['family'] for i in items}))}, "
-            f"about 2×10⁴ and 10⁵ parameters) for {options.epochs} epochs on "
-            + ("the first 3,000 FER2013 training faces." if real else "synthetic faces.")
-            + " The scatter fills in as each one finishes (a couple of minutes on a laptop CPU)."
-        )
-        if active_jobs():
-            st.info("A job is running: watch it on the Train page.")
-        elif st.button("Start the quick demo", type="primary"):
-            try:
-                submit([train_argv(i, options) for i in items], title="quick demo")
-                st.success("Started. Follow it on the Train page, or watch the Compare page fill in.")
-            except FerError as e:
-                st.error(str(e))
-    else:
-        shown = df[df["data"] == "fer2013"] if (df["data"] == "fer2013").any() else df
-        src = "FER2013" if (df["data"] == "fer2013").any() else ", ".join(sorted(df["data"].unique()))
+    if not df.empty:
+        fer = df["data"] == "fer2013"
+        shown = df[fer] if fer.any() else df
+        src = "FER2013" if fer.any() else ", ".join(sorted(df["data"].unique()))
         st.subheader(f"Accuracy against parameters · {src}")
         st.plotly_chart(scatter(shown, "params", "public_acc"), config=PNG_CONFIG)
         done = shown[shown["status"] == "completed"]
+        ref = int((done["source"] == "reference").sum())
         st.caption(
-            f"{len(done)} completed runs, {int((shown['status'] == 'running').sum())} running. "
+            f"{len(done)} completed runs ({ref} shipped reference runs), "
+            f"{int((shown['status'] == 'running').sum())} running. "
             "Open markers are runs still training (best public accuracy so far)."
         )
-
+    if df.empty or not (df["source"] == "user").any():
+        quick_demo_ui(data)
     st.subheader("Next")
     c1, c2, c3 = st.columns(3)
     c1.page_link(PAGES["train"], label="Train models")

@@ -364,9 +364,9 @@ def cmd_compare(args) -> int:
     done = df[df["status"] == "completed"] if not df.empty else df
     gap = matched_budget_gap(done, y=args.y) if not done.empty else None
     fronts = {}
-    for family, g in done.groupby("family") if not done.empty else []:
+    for (family, data), g in done.groupby(["family", "data"]) if not done.empty else []:
         f = pareto_frontier(g, args.x, args.y)
-        fronts[family] = f[["run_id", "width", args.x, args.y]].to_dict("records")
+        fronts[f"{family}/{data}"] = f[["run_id", "width", args.x, args.y]].to_dict("records")
     out = {
         "x": args.x,
         "y": args.y,

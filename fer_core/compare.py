@@ -56,7 +56,21 @@ def _curve(df: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobilenet", b: str = "cnn") -> pd.DataFrame:
-    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size.
+    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size, computed
+    separately for each data source (a synthetic run is never compared with a FER2013 one).
+
+    Returns one row per (data, width of ``a``).
+    """
+    parts = [_gap_one_source(g, y, a, b).assign(data=src) for src, g in df.groupby("data")] if not df.empty else []
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=["data", "width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["data"] + [c for c in out.columns if c != "data"]]
+
+
+def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
+    """The gap on one data source.
 
     ``b``'s accuracy at ``a``'s parameter count is interpolated linearly on log10(params) between ``b``'s
     runs of the same seed (all seeds pooled when that seed has no ``b`` runs); sizes outside ``b``'s range

@@ -16,7 +16,7 @@ from torch import nn
 from . import NUM_CLASSES
 from .errors import FerError
 from .models import WIDTH_RANGE, create_model, list_models
-from .runs import REFERENCE_DIR, Run, find_run, load_weights_file
+from .runs import Run, find_run, load_weights_file, reference_dir
 
 
 @dataclass
@@ -94,7 +94,7 @@ def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
     model.eval().to(device)
     source = "file"
     if run is not None:
-        source = "reference" if run.path.parent.resolve() == REFERENCE_DIR.resolve() else "user"
+        source = "reference" if run.path.parent.resolve() == reference_dir().resolve() else "user"
     return LoadedModel(
         name=run.run_id if run else p.name,
         family=family,

@@ -27,7 +27,7 @@ from . import EMOTIONS
 from .errors import FerError
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-REFERENCE_DIR = RESULTS_DIR / "reference"
+REFERENCE_DIR = RESULTS_DIR / "reference"  # the shipped runs; $FER_REFERENCE points elsewhere (tests do)
 WEIGHTS_FORMAT = "fer-lab/weights/1"
 STATUSES = ("running", "completed", "failed", "cancelled")
 
@@ -37,11 +37,16 @@ def runs_dir() -> Path:
     return Path(os.environ.get("FER_RUNS") or RESULTS_DIR / "runs")
 
 
+def reference_dir() -> Path:
+    """Where the shipped reference runs are: ``$FER_REFERENCE``, else ``results/reference``."""
+    return Path(os.environ.get("FER_REFERENCE") or REFERENCE_DIR)
+
+
 def search_dirs() -> list[Path]:
     """Where runs are listed from: the user's runs first, then the shipped reference runs."""
     dirs = [runs_dir()]
-    if REFERENCE_DIR.resolve() != dirs[0].resolve():
-        dirs.append(REFERENCE_DIR)
+    if reference_dir().resolve() != dirs[0].resolve():
+        dirs.append(reference_dir())
     return dirs
 
 
@@ -225,7 +230,7 @@ def iter_runs(dirs: list[Path] | None = None):
 def list_summaries(dirs: list[Path] | None = None) -> list[dict]:
     """Every run's summary, each with ``source`` = "user" or "reference" and its folder."""
     out = []
-    ref = REFERENCE_DIR.resolve()
+    ref = reference_dir().resolve()
     for run in iter_runs(dirs):
         s = run.summary()
         s["source"] = "reference" if run.path.parent.resolve() == ref else "user"

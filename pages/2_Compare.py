@@ -20,8 +20,7 @@ def filters_ui(df):
     x = c1.selectbox("x axis", list(X_AXES), format_func=X_AXES.get)
     y = c2.selectbox("y axis", list(Y_AXES), format_func=Y_AXES.get)
     sources = sorted(df["data"].unique())
-    default = ["fer2013"] if "fer2013" in sources else sources
-    data = c3.multiselect("data", sources, default=default, help="synthetic runs are never FER2013 numbers")
+    data = c3.multiselect("data", sources, default=sources, help="marker shape: circle FER2013, diamond synthetic")
     recipes = sorted(df["recipe"].dropna().unique())
     recipe = c4.multiselect("recipe", recipes, default=recipes)
     return x, y, data, recipe
@@ -69,7 +68,7 @@ else:
         hide_index=True,
     )
     st.caption(
-        "The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; "
+        "Per data source. The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; "
         "the spread is over seeds."
     )
 

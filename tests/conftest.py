@@ -16,8 +16,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
-    """Runs and caches go to tmp_path; the user's results/runs and ~/.cache are never touched."""
+    """Runs and caches go to tmp_path; the user's results/runs and ~/.cache are never touched, and the
+    shipped reference runs stay out of the listings (tests of them name their folder)."""
     monkeypatch.setenv("FER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FER_REFERENCE", str(tmp_path / "no-reference"))
     monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
     yield tmp_path
 

@@ -50,6 +50,7 @@ def server(tmp_path_factory):
         "FER_RUNS": str(tmp / "runs"),
         "FER_CACHE": str(tmp / "cache"),
         "FER_DATA": "synthetic",
+        "FER_REFERENCE": str(tmp / "no-reference"),
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }

@@ -80,4 +80,10 @@ def test_compare_cli_prints_the_same_gap(tmp_path):
     out = run_cli("compare", "--data", "fer2013", "--json", env={"FER_RUNS": str(tmp_path)})
     doc = json.loads(out.stdout)
     assert doc["runs"] == 7 and doc["matched_budget_gap"][0]["gap_mean"] == pytest.approx(0.06)
-    assert [r["params"] for r in doc["pareto_frontier"]["cnn"]] == [10_000, 1_000_000]
+    assert [r["params"] for r in doc["pareto_frontier"]["cnn/fer2013"]] == [10_000, 1_000_000]
+
+
+def test_gap_is_computed_per_data_source():
+    synthetic = [dict(r, data="synthetic", private_acc=0.9) for r in RUNS if r["family"] == "mobilenet"]
+    gap = matched_budget_gap(_df(RUNS + synthetic))
+    assert gap["data"].tolist() == ["fer2013"]  # synthetic MobileNets have no synthetic CNN to compare with
