@@ -330,7 +330,13 @@ def cmd_reference(args) -> int:
         if v is not None:
             extra += [f"--{flag.replace('_', '-')}", str(v)]
     record = run_reference(
-        args.epochs, args.fit_in, args.parallel, extra, better=not args.no_better, dry_run=args.dry_run
+        args.epochs,
+        args.fit_in,
+        args.parallel,
+        extra,
+        better=not args.no_better,
+        dry_run=args.dry_run,
+        skip_done=Path(args.skip_done) if args.skip_done else None,
     )
     if args.record:
         write_record(record, Path(args.record))
@@ -386,6 +392,15 @@ def cmd_compare(args) -> int:
         print(f"\n{family} Pareto frontier ({args.x} vs {args.y}):")
         for r in rows:
             print(f"  {r['run_id']:<44} {r[args.x]:>12,.0f} {r[args.y]:.4f}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .compare import runs_frame
+    from .figures import report_figures
+
+    for path in report_figures(runs_frame(), args.out, data=args.data, y=args.y):
+        print(path)
     return 0
 
 
@@ -619,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--parallel", type=int, default=8, help="runs at once (default: 8)")
     s.add_argument("--no-better", action="store_true", help="skip the two better-recipe runs")
+    s.add_argument("--skip-done", default=None, metavar="FOLDER", help="train only the runs FOLDER lacks")
     s.add_argument("--dry-run", action="store_true", help="print the plan only")
     s.add_argument("--record", default=None, help="write the study's record (epochs, timings) to this JSON file")
     for flag in ("--data", "--device", "--out"):
@@ -643,6 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default=None, help="only runs of this recipe")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("figures", help="the report's scatters as PNG, drawn by the same code as the dashboard")
+    s.add_argument("--out", default="results/figures", help="folder (default: results/figures)")
+    s.add_argument("--data", default="fer2013", help="data source of the runs to draw (default: fer2013)")
+    s.add_argument("--y", default="private_acc", choices=["public_acc", "private_acc"])
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("jobs", help="queued trainings started from the dashboard, with their progress")
     s.add_argument("--json", action="store_true")

@@ -182,3 +182,31 @@ def probabilities(probs: dict[str, float], title: str = ""):
         margin={"l": 10, "r": 10, "t": 30 if title else 5, "b": 5},
     )
     return fig
+
+
+def export_png(fig, path, width: int = 1000, height: int = 560) -> None:
+    """Write a figure as PNG (kaleido, which drives a local Chrome or Chromium)."""
+    from .errors import FerError
+
+    try:
+        fig.write_image(str(path), width=width, height=height, scale=2)
+    except Exception as e:  # no kaleido, or no browser for it to drive
+        raise FerError(
+            f"PNG export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it needs the "
+            "kaleido package and Chrome or Chromium installed"
+        ) from None
+
+
+def report_figures(df: pd.DataFrame, out_dir, data: str = "fer2013", y: str = "private_acc") -> list:
+    """The report's two scatters as PNG files: accuracy against parameters, and against fp16 bytes."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    d = df[(df["data"] == data) & (df["status"] == "completed")]
+    written = []
+    for x, name in (("params", "accuracy_vs_params.png"), ("bytes_fp16", "accuracy_vs_bytes.png")):
+        fig = scatter(d, x, y, title=f"{Y_AXES[y]} against {X_AXES[x]} · {data} · {len(d)} runs")
+        export_png(fig, out / name)
+        written.append(out / name)
+    return written

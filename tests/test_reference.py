@@ -1,5 +1,6 @@
 """The reference study's plan, its time-fitting, and shipping runs with fp16 weights."""
 
+import pytest
 import torch
 
 from conftest import tiny_config
@@ -53,3 +54,24 @@ def test_export_ships_fp16_weights_that_predict_like_the_original(tmp_path):
     assert torch.allclose(torch.softmax(a(x), 1), torch.softmax(b(x), 1), atol=0.02)
     shipped = find_run(str(out)).config()
     assert shipped["data"]["data"] is None  # no path of the trainer's machine travels with it
+
+
+def test_an_interrupted_study_is_completed_with_the_runs_it_lacks(tmp_path):
+    from fer_core.errors import FerError
+    from fer_core.runs import Run
+
+    done = tmp_path / "ref"
+    first = reference.plan()[-1]
+    run = Run.create(first["family"], first["width"], first["seed"], root=done)
+    run.update_summary(
+        status="completed",
+        family=first["family"],
+        width=first["width"],
+        seed=first["seed"],
+        recipe=first["recipe"],
+        epochs=95,
+    )
+    left = reference.missing(reference.plan(), done, 95)
+    assert len(left) == len(reference.plan()) - 1 and first not in left
+    with pytest.raises(FerError, match="trained 95 epochs, not 100"):
+        reference.missing(reference.plan(), done, 100)
