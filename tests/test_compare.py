@@ -87,3 +87,18 @@ def test_gap_is_computed_per_data_source():
     synthetic = [dict(r, data="synthetic", private_acc=0.9) for r in RUNS if r["family"] == "mobilenet"]
     gap = matched_budget_gap(_df(RUNS + synthetic))
     assert gap["data"].tolist() == ["fer2013"]  # synthetic MobileNets have no synthetic CNN to compare with
+
+
+def test_report_figures_are_written_as_png(tmp_path):
+    import shutil
+
+    pytest.importorskip("kaleido")
+    if not (shutil.which("chromium") or shutil.which("google-chrome")):
+        pytest.skip("PNG export needs Chromium or Chrome")
+    from fer_core.figures import report_figures
+
+    df = _df(RUNS)
+    df["bytes_fp16"] = df["params"] * 2
+    paths = report_figures(df, tmp_path, data="fer2013")
+    assert [p.name for p in paths] == ["accuracy_vs_params.png", "accuracy_vs_bytes.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
