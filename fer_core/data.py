@@ -63,7 +63,7 @@ class FerData:
     """Three labelled splits of 48x48 uint8 faces and a description of where they came from."""
 
     name: str  # "fer2013", "synthetic", or "custom" for other data in a FER2013 format
-    kind: str  # which loader read it: npz, carry-npz, kaggle-csv, icml-csv, torchvision-csv, image-folders, synthetic
+    kind: str  # which loader read it: npz, webp-npz, kaggle-csv, icml-csv, torchvision-csv, image-folders, synthetic
     path: str | None  # the file or folder it was read from (None for synthetic)
     train_x: np.ndarray
     train_y: np.ndarray
@@ -208,7 +208,7 @@ def _kind_of(path: Path) -> str:
         except Exception as e:  # a corrupt or truncated file
             raise FerError(f"{path}: not a readable .npz file ({e})") from None
         if "train_webp" in keys:
-            return "carry-npz"
+            return "webp-npz"
         if "train_x" in keys:
             return "npz"
         raise FerError(f"{path}: .npz without train_x/train_y arrays (found: {', '.join(sorted(keys)) or 'none'})")
@@ -263,7 +263,7 @@ def _load_npz(path: Path) -> FerData:
     return _finish("npz", path, splits, notes, shared=False)
 
 
-def _load_carry(path: Path) -> FerData:
+def _load_webp_npz(path: Path) -> FerData:
     from PIL import Image
 
     splits = {}
@@ -282,7 +282,7 @@ def _load_carry(path: Path) -> FerData:
                     raise FerError(f"{path}: {s} image {i} could not be decoded ({e})") from None
             splits[s] = (x, y.astype(np.int64))
             _check_arrays(path, s, *splits[s])
-    return _finish("carry-npz", path, splits, [], shared=False)
+    return _finish("webp-npz", path, splits, [], shared=False)
 
 
 def _read_csv(path: Path, required: set[str]):
@@ -481,7 +481,7 @@ def _load_folders(root: Path) -> FerData:
 
 
 _LOADERS = {
-    "carry-npz": _load_carry,
+    "webp-npz": _load_webp_npz,
     "kaggle-csv": _load_kaggle_csv,
     "icml-csv": _load_icml_csv,
     "torchvision-csv": _load_torchvision,
