@@ -2,17 +2,20 @@
 
 Every training runs as its own ``python -m fer_core train`` process. A *job* is a queue of such trainings
 run one after another (``parallel`` at a time) by a detached ``python -m fer_core queue JOBDIR`` process,
-so a page reload, a closed tab or a second browser neither stops nor duplicates it. The job's state lives
+so a page reload, a closed tab or a second browser neither stops nor duplicates it. Jobs wait for each
+other (a lock file beside them): one device trains one job at a time. The job's state lives
 on disk next to the runs (``<runs>/.jobs/<job id>/``), which is how any page re-attaches to it:
 
     plan.json    the trainings (argument lists for ``python -m fer_core``) and ``parallel``
-    state.json   per item: pending / running / done / failed / cancelled, its run folder, exit code
+    state.json   the job's status (queued / waiting / running / finished / cancelled) and, per item,
+                 pending / running / done / failed / cancelled, its run folder, exit code
     log.txt      the queue's own output
     cancel       present once the user asked to cancel the whole job
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -139,9 +142,21 @@ def run_queue(job_dir: Path) -> int:
         raise FerError(f"{job_dir}: no plan.json")
     state = read_json(job_dir / "state.json") or {}
     items = state.get("items") or _pending(plan["trainings"])
-    state.update(status="running", pid=os.getpid(), items=items)
-    atomic_write_json(job_dir / "state.json", state)
     cancelled = lambda: (job_dir / "cancel").exists()
+    state.update(status="waiting", pid=os.getpid(), items=items)
+    atomic_write_json(job_dir / "state.json", state)
+    # one job trains at a time (one device): wait for the queue lock, polling so a cancel is seen
+    lock = open(job_dir.parent / "queue.lock", "w")
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if cancelled():
+                break
+            time.sleep(0.5)
+    state.update(status="running", started=time.time())
+    atomic_write_json(job_dir / "state.json", state)
     jobs = [Job(it["argv"], tag={"i": i}) for i, it in enumerate(items) if it["status"] == "pending"]
 
     def on_start(job: Job) -> None:
@@ -169,6 +184,7 @@ def run_queue(job_dir: Path) -> int:
             it["status"] = "cancelled"
     state.update(status="cancelled" if cancelled() else "finished", pid=None, ended=time.time())
     atomic_write_json(job_dir / "state.json", state)
+    lock.close()  # releases the queue lock: the next waiting job starts
     return 0
 
 
@@ -182,7 +198,8 @@ def list_jobs() -> list[dict]:
         state, plan = read_json(p / "state.json"), read_json(p / "plan.json")
         if not state or not plan:
             continue
-        if state.get("status") in ("queued", "running") and state.get("pid") and not _pid_alive(int(state["pid"])):
+        live = state.get("status") in ("queued", "waiting", "running")
+        if live and state.get("pid") and not _pid_alive(int(state["pid"])):
             state["status"] = "died"
         if state.get("status") == "queued" and time.time() - state.get("submitted", 0) > 60:
             state["status"] = "died"  # the queue process never started
@@ -191,7 +208,7 @@ def list_jobs() -> list[dict]:
 
 
 def active_jobs() -> list[dict]:
-    return [j for j in list_jobs() if j.get("status") in ("queued", "running")]
+    return [j for j in list_jobs() if j.get("status") in ("queued", "waiting", "running")]
 
 
 def cancel_job(job_id: str) -> None:

@@ -83,7 +83,7 @@ def jobs_ui() -> None:
         st.caption("No jobs yet.")
         return
     for job in jobs:
-        live = job["status"] in ("queued", "running")
+        live = job["status"] in ("queued", "waiting", "running")
         head = st.columns([4, 1])
         head[0].markdown(f"**Job {job['id']}** · {job.get('title') or ''} · {job['status']}")
         if live and head[1].button("Cancel job", key=f"cj-{job['id']}"):

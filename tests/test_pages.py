@@ -70,7 +70,7 @@ def test_starting_a_tiny_run_from_the_train_page_finishes_and_reaches_compare(sy
     next(b for b in at.button if b.label == "Start").click().run()
     assert any("started" in s.value for s in at.success)
     deadline = time.time() + 180
-    while time.time() < deadline and list_jobs()[0]["status"] in ("queued", "running"):
+    while time.time() < deadline and list_jobs()[0]["status"] in ("queued", "waiting", "running"):
         time.sleep(0.5)
     job = list_jobs()[0]
     assert job["status"] == "finished" and job["items"][0]["status"] == "done", job

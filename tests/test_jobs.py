@@ -1,0 +1,44 @@
+"""Queued jobs: detached, one after another, cancellable, and honest about what happened."""
+
+import time
+
+from fer_core.jobs import active_jobs, cancel_job, job_runs, list_jobs, submit
+from fer_core.planning import TrainOptions, train_argv
+
+
+def _tiny(seed=0, epochs=1):
+    options = TrainOptions(epochs=epochs, data="synthetic", device="cpu", limit=128, batch_size=64, augment=False)
+    return train_argv({"family": "cnn", "width": 0.1, "seed": seed}, options)
+
+
+def _wait(pred, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise TimeoutError(list_jobs())
+
+
+def test_jobs_run_one_after_another_and_record_their_runs():
+    first = submit([_tiny(0), _tiny(1)], title="first")
+    second = submit([_tiny(2)], title="second")
+    _wait(lambda: not active_jobs())
+    jobs = {j["id"]: j for j in list_jobs()}
+    a, b = jobs[first], jobs[second]
+    assert a["status"] == b["status"] == "finished"
+    assert [it["status"] for it in a["items"]] == ["done", "done"]
+    assert b["started"] >= a["ended"] - 0.5  # the second job waited for the first
+    runs = job_runs(b)
+    assert runs[0]["summary"]["status"] == "completed" and runs[0]["label"] == "cnn w0.1 seed 2"
+
+
+def test_cancelling_a_job_cancels_its_running_training_and_the_rest():
+    jid = submit([_tiny(0, epochs=200), _tiny(1)], title="to cancel")
+    _wait(lambda: any(r["summary"] and r["summary"].get("epochs_done") for r in job_runs(list_jobs()[0])))
+    cancel_job(jid)
+    _wait(lambda: not active_jobs(), timeout=60)
+    job = list_jobs()[0]
+    assert job["status"] == "cancelled"
+    assert [it["status"] for it in job["items"]] == ["cancelled", "cancelled"]
+    assert job_runs(job)[0]["summary"]["status"] == "cancelled"
