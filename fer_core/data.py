@@ -75,6 +75,12 @@ class FerData:
     shared_test: bool = False  # True when public and private are the same images (one test split only)
     _fingerprint: str | None = field(default=None, repr=False)
 
+    @classmethod
+    def from_splits(cls, name: str, kind: str, path: str | None, splits: dict, notes: list[str], shared: bool = False):
+        """Build from ``{"train": (x, y), "public": (x, y), "private": (x, y)}``."""
+        arrays = {f"{s}_{p}": splits[s][i] for s in SPLITS for i, p in enumerate("xy")}
+        return cls(name=name, kind=kind, path=path, notes=notes, shared_test=shared, **arrays)
+
     @property
     def synthetic(self) -> bool:
         return self.name == "synthetic"
@@ -227,20 +233,7 @@ def _finish(kind: str, path: Path, splits: dict, notes: list[str], shared: bool)
     canonical = sizes == FER2013_SIZES or (
         shared and sizes["train"] == FER2013_SIZES["train"] and sizes["public"] in (3589, 7178)
     )
-    name = "fer2013" if canonical else "custom"
-    return FerData(
-        name=name,
-        kind=kind,
-        path=str(path),
-        train_x=splits["train"][0],
-        train_y=splits["train"][1],
-        public_x=splits["public"][0],
-        public_y=splits["public"][1],
-        private_x=splits["private"][0],
-        private_y=splits["private"][1],
-        notes=notes,
-        shared_test=shared,
-    )
+    return FerData.from_splits("fer2013" if canonical else "custom", kind, str(path), splits, notes, shared)
 
 
 def _load_npz(path: Path) -> FerData:

@@ -128,15 +128,5 @@ def make_synthetic(n_train: int | None = None, seed: int = 0):
     if n_train:
         sizes = {"train": n_train, "public": max(70, n_train // 6), "private": max(70, n_train // 6)}
     splits = {s: make_split(n, seed, i) for i, (s, n) in enumerate(sizes.items())}
-    return FerData(
-        name="synthetic",
-        kind="synthetic",
-        path=None,
-        train_x=splits["train"][0],
-        train_y=splits["train"][1],
-        public_x=splits["public"][0],
-        public_y=splits["public"][1],
-        private_x=splits["private"][0],
-        private_y=splits["private"][1],
-        notes=[f"synthetic faces (seed {seed}): procedurally drawn, not FER2013"],
-    )
+    note = f"synthetic faces (seed {seed}): procedurally drawn, not FER2013"
+    return FerData.from_splits("synthetic", "synthetic", None, splits, [note])
