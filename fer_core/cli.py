@@ -293,16 +293,12 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         return 0
     from .jobs import Job, run_all
+    from .planning import train_argv
 
     quiet = args.parallel > 1 or args.quiet
-    jobs = [
-        Job(
-            ["train", "--model", f, "--width", repr(w), "--seed", str(s), *passthrough]
-            + (["--quiet"] if quiet else []),
-            tag={"family": f, "width": w, "budget": b, "seed": s},
-        )
-        for f, w, b, s in plan
-    ]
+    extra = passthrough + (["--quiet"] if quiet else [])
+    tags = [{"family": f, "width": w, "budget": b, "seed": s} for f, w, b, s in plan]
+    jobs = [Job(train_argv(t, extra), tag=t) for t in tags]
 
     def done(job: Job) -> None:
         t = job.tag
