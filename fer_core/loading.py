@@ -130,3 +130,13 @@ def available_models() -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: (r["source"] != "reference", r["family"] or "", r["params"]))
+
+
+def default_models(models: list[dict]) -> list[dict]:
+    """What to preselect: each family's most accurate model (shipped ones preferred), smallest first."""
+    pool = [m for m in models if m["source"] == "reference"] or models
+    best: dict[str, dict] = {}
+    for m in pool:
+        if m["family"] not in best or (m["public_acc"] or 0) > (best[m["family"]]["public_acc"] or 0):
+            best[m["family"]] = m
+    return sorted(best.values(), key=lambda m: m["params"])

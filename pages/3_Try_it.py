@@ -9,13 +9,13 @@ import streamlit as st
 from fer_core.errors import FerError
 from fer_core.figures import probabilities
 from fer_core.inference import load_image, predict
-from fer_core.loading import available_models, load_model
+from fer_core.loading import available_models, default_models, load_model
 
 st.title("Try it")
 
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=32)
-def _model(path: str, _stamp: float):
+def _model(path: str, stamp: float):  # stamp: the weights' mtime, so retrained weights are reloaded
     return load_model(path)
 
 
@@ -25,7 +25,7 @@ def models_ui():
         st.info("No trained models yet: train some on the Train page (or start the quick demo on the Home page).")
         st.stop()
     labels = {m["path"]: m["label"] for m in models}
-    default = [m["path"] for m in models][:3]
+    default = [m["path"] for m in default_models(models)]
     picked = st.multiselect(
         "Models", list(labels), default=default, format_func=labels.get, help="★ = shipped reference runs"
     )

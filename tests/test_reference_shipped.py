@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fer_core.inference import demo_frame, predict
-from fer_core.loading import available_models, load_model
+from fer_core.loading import available_models, default_models, load_model
 from fer_core.runs import REFERENCE_DIR, list_summaries, load_weights_file
 
 RUNS = sorted(p for p in REFERENCE_DIR.iterdir() if (p / "summary.json").is_file()) if REFERENCE_DIR.is_dir() else []
@@ -50,6 +50,10 @@ def test_the_pages_see_them_first(shipped):
     assert "reference" in sources
     models = available_models()
     assert models and models[0]["source"] == "reference" and models[0]["label"].startswith("★")
+    picked = default_models(models)
+    assert sorted(m["family"] for m in picked) == ["cnn", "mobilenet"]
+    for m in picked:  # the most accurate shipped model of its family
+        assert m["public_acc"] == max(x["public_acc"] for x in models if x["family"] == m["family"])
 
 
 def test_a_shipped_model_predicts_a_face(shipped):
