@@ -149,3 +149,18 @@ def test_sweep_plans_matched_budgets():
     assert r.stderr.count("mobilenet ") == 4 and r.stderr.count("cnn ") == 4
     r = run_cli("sweep", "--models", "vgg", "--budgets", "1e5")
     assert r.returncode == 2 and "unknown model 'vgg'" in r.stderr
+
+
+def test_status_and_jobs_print_json():
+    st = _json(run_cli("status", "--data", "synthetic", "--json"))
+    assert st["data"]["ok"] and st["data"]["synthetic"] is True and st["device"]["device"] in ("cpu", "cuda")
+    assert _json(run_cli("jobs", "--json")) == []
+    r = run_cli("status", "--data", "/no/such/file.csv", "--json")
+    assert _json(r)["data"] == {
+        "ok": False,
+        "error": "data path /no/such/file.csv does not exist",
+        "synthetic": None,
+        "data": None,
+    }
+    r = run_cli("cancel", "nothing-like-this")
+    assert r.returncode == 2 and "no run 'nothing-like-this'" in r.stderr
