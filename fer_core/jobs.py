@@ -145,16 +145,17 @@ def run_queue(job_dir: Path) -> int:
     cancelled = lambda: (job_dir / "cancel").exists()
     state.update(status="waiting", pid=os.getpid(), items=items)
     atomic_write_json(job_dir / "state.json", state)
-    # one job trains at a time (one device): wait for the queue lock, polling so a cancel is seen
+    # one job trains at a time (one device), in the order they were submitted: wait until no older job
+    # waits, then for the queue lock, polling so that a cancel is seen
     lock = open(job_dir.parent / "queue.lock", "w")
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if cancelled():
+    while not cancelled():
+        if not _older_waiting(job_dir, state.get("submitted", 0.0)):
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            time.sleep(0.5)
+            except BlockingIOError:
+                pass
+        time.sleep(0.5)
     state.update(status="running", started=time.time())
     atomic_write_json(job_dir / "state.json", state)
     jobs = [Job(it["argv"], tag={"i": i}) for i, it in enumerate(items) if it["status"] == "pending"]
@@ -186,6 +187,16 @@ def run_queue(job_dir: Path) -> int:
     atomic_write_json(job_dir / "state.json", state)
     lock.close()  # releases the queue lock: the next waiting job starts
     return 0
+
+
+def _older_waiting(job_dir: Path, submitted: float) -> bool:
+    """Is a job submitted before this one still waiting for its turn?"""
+    for j in list_jobs():
+        if j["path"] == str(job_dir) or j.get("status") not in ("queued", "waiting"):
+            continue
+        if (j.get("submitted", 0.0), j["id"]) < (submitted, job_dir.name):
+            return True
+    return False
 
 
 def list_jobs() -> list[dict]:

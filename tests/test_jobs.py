@@ -28,7 +28,7 @@ def test_jobs_run_one_after_another_and_record_their_runs():
     a, b = jobs[first], jobs[second]
     assert a["status"] == b["status"] == "finished"
     assert [it["status"] for it in a["items"]] == ["done", "done"]
-    assert b["started"] >= a["ended"] - 0.5  # the second job waited for the first
+    assert b["started"] >= a["ended"] - 0.5  # the second job waited for the first, in submission order
     runs = job_runs(b)
     assert runs[0]["summary"]["status"] == "completed" and runs[0]["label"] == "cnn w0.1 seed 2"
 
