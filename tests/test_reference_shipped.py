@@ -61,3 +61,18 @@ def test_a_shipped_model_predicts_a_face(shipped):
     assert lm.source == "reference"
     res = predict(demo_frame(3), [lm])
     assert len(res.faces) == 1 and res.faces[0].predictions[0].model == RUNS[0].name
+
+
+@pytest.mark.parametrize("page", ["streamlit_app.py", "pages/2_Compare.py", "pages/3_Try_it.py"])
+def test_pages_render_the_shipped_runs(page, shipped, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("FER_DATA", "synthetic")
+    at = AppTest.from_file(str(ROOT / page), default_timeout=120).run()
+    assert not at.exception, [e.message for e in at.exception]
+    if page == "pages/2_Compare.py":
+        assert len(at.dataframe[-1].value) == len(RUNS)  # every shipped run in the table
+        gap = at.dataframe[0].value
+        assert (gap["seeds"] == 3).any()  # the matched ~1e5 pair with three seeds each
