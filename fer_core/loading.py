@@ -31,14 +31,6 @@ class LoadedModel:
     source: str = "file"  # "user", "reference" or "file"
     summary: dict = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        acc = self.summary.get("public_acc")
-        params = sum(p.numel() for p in self.model.parameters())
-        return f"{self.family} w{self.width:g} ({params / 1000:.0f}k params" + (
-            f", public {acc:.3f})" if isinstance(acc, float) else ")"
-        )
-
 
 def _infer_arch(state: dict) -> tuple[str, float]:
     """Find the family and width whose tensor shapes match a bare state dict."""

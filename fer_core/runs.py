@@ -29,7 +29,6 @@ from .errors import FerError
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 REFERENCE_DIR = RESULTS_DIR / "reference"  # the shipped runs; $FER_REFERENCE points elsewhere (tests do)
 WEIGHTS_FORMAT = "fer-lab/weights/1"
-STATUSES = ("running", "completed", "failed", "cancelled")
 
 
 def runs_dir() -> Path:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 from . import EMOTIONS, NUM_CLASSES, __version__
 from .augment import augment_batch, normalize
 from .config import RunConfig
-from .data import FerData, load
+from .data import SPLITS, FerData, load
 from .errors import FerError
 from .models import create_model, solve_width
 from .models.stats import model_stats
@@ -345,10 +346,10 @@ def fit(
         "device": device_name(device),
         "data": data.name,
         "data_kind": data.kind,
-        "data_file": data.describe()["file"],
+        "data_file": Path(data.path).name if data.path else None,
         "data_fingerprint": source_fingerprint,
         "data_synthetic": data.synthetic,
-        "data_sizes": data.describe()["sizes"],
+        "data_sizes": {s: int(len(data.split(s)[1])) for s in SPLITS},
         "data_notes": data.notes,
         "limit": cfg.data.limit,
         "torch": torch.__version__,
