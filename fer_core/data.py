@@ -156,6 +156,18 @@ def resolve_spec(spec: str | os.PathLike | None = None) -> str:
     return "synthetic"
 
 
+def make_synthetic(n_train: int | None = None, seed: int = 0) -> FerData:
+    """Synthetic faces (train/public/private) drawn by :mod:`fer_core.synthetic`, named ``synthetic``."""
+    from .synthetic import DEFAULT_SIZES, make_split  # drawing only: synthetic never imports data
+
+    sizes = dict(DEFAULT_SIZES)
+    if n_train:
+        sizes = {"train": n_train, "public": max(70, n_train // 6), "private": max(70, n_train // 6)}
+    splits = {s: make_split(n, seed, i) for i, (s, n) in enumerate(sizes.items())}
+    note = f"synthetic faces (seed {seed}): procedurally drawn, not FER2013"
+    return FerData.from_splits("synthetic", "synthetic", None, splits, [note])
+
+
 def load(spec: str | os.PathLike | None = None, *, cache: bool = True, synthetic_seed: int = 0) -> FerData:
     """Load the data named by ``spec`` (see :func:`resolve_spec`) and validate it.
 
@@ -166,8 +178,6 @@ def load(spec: str | os.PathLike | None = None, *, cache: bool = True, synthetic
     """
     spec = resolve_spec(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .synthetic import make_synthetic
-
         size = spec.partition(":")[2]
         return make_synthetic(n_train=int(size) if size else None, seed=synthetic_seed)
     path = Path(spec).expanduser()

@@ -118,15 +118,3 @@ def make_split(n: int, seed: int, split_index: int) -> tuple[np.ndarray, np.ndar
     y = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
     x = np.stack([draw_face(int(label), rng) for label in y]) if n else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     return x, y
-
-
-def make_synthetic(n_train: int | None = None, seed: int = 0):
-    """A :class:`~fer_core.data.FerData` of synthetic faces (train/public/private), named ``synthetic``."""
-    from .data import FerData
-
-    sizes = dict(DEFAULT_SIZES)
-    if n_train:
-        sizes = {"train": n_train, "public": max(70, n_train // 6), "private": max(70, n_train // 6)}
-    splits = {s: make_split(n, seed, i) for i, (s, n) in enumerate(sizes.items())}
-    note = f"synthetic faces (seed {seed}): procedurally drawn, not FER2013"
-    return FerData.from_splits("synthetic", "synthetic", None, splits, [note])

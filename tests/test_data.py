@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from fer_core import EMOTIONS
-from fer_core.data import load, resolve_spec
+from fer_core.data import load, make_synthetic, resolve_spec
 from fer_core.errors import FerError
-from fer_core.synthetic import make_synthetic
 
 RNG = np.random.default_rng(0)
 
