@@ -6,7 +6,7 @@ from fer_core.compare import runs_frame
 from fer_core.errors import FerError
 from fer_core.figures import PNG_CONFIG, scatter
 from fer_core.jobs import active_jobs, submit
-from fer_core.planning import quick_demo, train_argv
+from fer_core.planning import quick_demo
 from fer_core.status import data_status, device_status
 
 
@@ -41,10 +41,10 @@ def status_ui(data: dict, device: dict) -> None:
 def quick_demo_ui(data: dict) -> None:
     st.subheader("Train your own: a quick demo")
     real = bool(data.get("ok") and not data.get("synthetic"))
-    items, options = quick_demo(real)
+    cfgs = quick_demo(real)
     st.write(
-        f"{len(items)} small models ({', '.join(sorted({i['family'] for i in items}))}, about 2×10⁴ and 10⁵ "
-        f"parameters) for {options.epochs} epochs on "
+        f"{len(cfgs)} small models ({', '.join(sorted({c.model.family for c in cfgs}))}, about 2×10⁴ and 10⁵ "
+        f"parameters) for {cfgs[0].train.epochs} epochs on "
         + ("the first 3,000 FER2013 training faces." if real else "synthetic faces.")
         + " The scatter fills in as each one finishes (a couple of minutes on a laptop CPU)."
     )
@@ -52,7 +52,7 @@ def quick_demo_ui(data: dict) -> None:
         st.info("A job is running: watch it on the Train page.")
     elif st.button("Start the quick demo", type="primary"):
         try:
-            submit([train_argv(i, options) for i in items], title="quick demo")
+            submit(cfgs, title="quick demo")
             st.success("Started. Follow it on the Train page, or watch the Compare page fill in.")
         except FerError as e:
             st.error(str(e))

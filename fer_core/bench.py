@@ -96,16 +96,17 @@ def engine_throughput(
 ) -> float:
     """Images/second of our engine's training step (data as one tensor on the device, batched augmentation,
     channels_last; on CUDA bf16 autocast and the step replayed as a CUDA graph)."""
-    from .train import _GraphedStep, _make_optimizer, _memory_format, _Step
+    from .engine import GraphedStep, Step, make_optimizer
+    from .evaluation import memory_format
 
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = create_model(family, 1.0).to(dev).to(memory_format=_memory_format(dev))
+    model = create_model(family, 1.0).to(dev).to(memory_format=memory_format(dev))
     cfg = RunConfig()
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     graphed = dev.type == "cuda" and graph
-    opt = _make_optimizer(model, cfg, dev, graphed)
-    step = _GraphedStep(model, opt, xt, yt, cfg, dev, batch) if graphed else _Step(model, opt, xt, yt, cfg, dev)
+    opt = make_optimizer(model, cfg, dev, graphed)
+    step = GraphedStep(model, opt, xt, yt, cfg, dev, batch) if graphed else Step(model, opt, xt, yt, cfg, dev)
     model.train()
     perm = torch.randperm(len(y), device=dev)
     steps = len(y) // batch

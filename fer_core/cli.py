@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 from . import EMOTIONS
-from .config import RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_recipe
+from .config import RECIPES, RunConfig, add_arguments, apply_arguments
 from .errors import FerError
-
-_T, _D = TrainConfig(), DataConfig()
 
 
 def _print_json(obj) -> None:
@@ -139,50 +137,31 @@ def cmd_data(args) -> int:
 # --------------------------------------------------------------------------------------------------- train
 
 
-def _add_train_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument("--epochs", type=int, default=_T.epochs, help=f"epochs (default: {_T.epochs})")
-    p.add_argument(
-        "--data", default=None, help="FER2013 file/folder, or 'synthetic' (default: $FER_DATA, data/, synthetic)"
-    )
-    p.add_argument("--device", default=_T.device, help="auto | cpu | cuda (default: auto = CUDA if present)")
-    p.add_argument("--seed", type=int, default=_T.seed, help=f"random seed (default: {_T.seed})")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N training images only (default: all)")
-    p.add_argument("--batch-size", type=int, default=_T.batch_size, help=f"batch size (default: {_T.batch_size})")
-    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="named training recipe (default: seed)")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the recipe's; seed {_T.lr})")
-    p.add_argument("--optimizer", choices=["adam", "adamw"], default=None, help="(default: the recipe's; seed adam)")
-    p.add_argument("--schedule", choices=["constant", "cosine"], default=None, help="(default: the recipe's)")
-    p.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs (default: the recipe's)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's; seed 0)")
-    p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the recipe's)")
-    p.add_argument("--no-augment", action="store_true", help="turn the flip/rotate/shift/scale augmentation off")
-    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly (no graph replay)")
-    p.add_argument(
-        "--checkpoint-every", type=int, default=_T.checkpoint_every, help="epochs between checkpoints (default: 1)"
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+def _base_config(args) -> RunConfig:
+    """The config a command starts from: ``--config FILE`` if given, else the defaults."""
+    return RunConfig.from_file(args.config) if getattr(args, "config", None) else RunConfig()
 
 
-def _config_from(args, family: str, width: float, budget: float | None, seed: int) -> RunConfig:
-    cfg = RunConfig(
-        model=ModelConfig(family=family, width=width, budget=budget),
-        data=DataConfig(data=args.data, limit=args.limit, augment=not args.no_augment),
-        train=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=seed,
-            device=args.device,
-            cuda_graph=not args.no_cuda_graph,
-            checkpoint_every=args.checkpoint_every,
-            threads=args.threads,
-        ),
-    )
-    apply_recipe(cfg, args.recipe)
-    for key in ("lr", "optimizer", "schedule", "warmup_epochs", "weight_decay", "label_smoothing"):
-        if getattr(args, key) is not None:  # an explicit flag wins over the recipe
-            setattr(cfg.train, key, getattr(args, key))
-    return cfg
+def _train_config(args) -> RunConfig:
+    """``train``'s config: --config FILE (or the defaults), the model flags, then every explicit flag over it."""
+    cfg = _base_config(args)
+    if args.model is None and not args.config and args.init:  # fine-tuning: the init run says what to build
+        from .loading import load_model
+
+        init = load_model(args.init)
+        cfg.model.family, cfg.model.width = init.family, init.width
+    elif args.model is None and not args.config:
+        raise FerError("train needs --model (mobilenet or cnn), --config FILE, --init RUN or --resume RUN")
+    if args.model is not None:
+        cfg.model.family = args.model
+    if args.width is not None:
+        cfg.model.width, cfg.model.budget = args.width, None
+    if args.budget is not None:
+        from .models import solve_width
+
+        cfg.model.width, _ = solve_width(cfg.model.family, args.budget)
+        cfg.model.budget = args.budget
+    return apply_arguments(cfg, args).validate()
 
 
 class _Progress:
@@ -216,23 +195,22 @@ class _Progress:
 
 
 def cmd_train(args) -> int:
-    from .config import RunConfig as RC
     from .runs import Run, find_run, runs_dir
     from .train import fit, install_cancel_handler
 
     install_cancel_handler()
     if args.resume:
         run = find_run(args.resume)
-        cfg = RC.from_dict(run.config())
+        cfg = RunConfig.from_dict(run.config(), where=str(run.config_file))
         if run.summary().get("status") == "completed":
             raise FerError(f"run {run.run_id} already completed; nothing to resume")
         if not run.checkpoint_file.is_file():
             print(f"note: run {run.run_id} has no checkpoint; it starts again from epoch 1", file=sys.stderr)
     else:
-        if args.model is None:
-            raise FerError("train needs --model (mobilenet or cnn) or --resume RUN")
-        width, budget = _width_from(args)
-        cfg = _config_from(args, args.model, width, budget, args.seed)
+        cfg = _train_config(args)
+        if args.print_config:
+            sys.stdout.write(cfg.to_json())
+            return 0
         run = Run.create(cfg.model.family, cfg.model.width, cfg.train.seed, root=args.out or runs_dir())
     summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=bool(args.resume))
     if args.json:
@@ -241,7 +219,8 @@ def cmd_train(args) -> int:
         if summary["status"] == "completed":
             print(
                 f"public {summary['public_acc']:.4f}  private {summary['private_acc']:.4f}  "
-                f"({summary['epochs_done']} epochs, best at {summary['best_epoch']}, {summary['wall_s']:.0f} s)",
+                f"({summary['epochs_done']} epochs, best at {summary['best_epoch']} "
+                f"[{summary.get('selected_weights', 'raw')} weights], {summary['wall_s']:.0f} s)",
                 file=sys.stderr,
             )
         print(run.path)
@@ -251,94 +230,100 @@ def cmd_train(args) -> int:
 # --------------------------------------------------------------------------------------------------- sweep
 
 
-def _sweep_plan(args) -> list[tuple[str, float, float | None, int]]:
-    from .planning import plan
+def cmd_sweep(args) -> int:
+    from .models import count_params
+    from .planning import configs, plan
 
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     items = plan(families, budgets=args.budgets, widths=args.widths, seeds=args.seeds)
-    return [(it["family"], it["width"], it["budget"], it["seed"]) for it in items]
-
-
-def cmd_sweep(args) -> int:
-    from .models import count_params
-
-    plan = _sweep_plan(args)
-    passthrough = []
-    for flag in (
-        "epochs",
-        "device",
-        "limit",
-        "batch_size",
-        "recipe",
-        "lr",
-        "optimizer",
-        "schedule",
-        "warmup_epochs",
-        "weight_decay",
-        "label_smoothing",
-        "checkpoint_every",
-        "threads",
-        "data",
-        "out",
-    ):
-        v = getattr(args, flag)
-        if v is not None:
-            passthrough += [f"--{flag.replace('_', '-')}", str(v)]
-    for flag in ("no_augment", "no_cuda_graph"):
-        if getattr(args, flag):
-            passthrough.append(f"--{flag.replace('_', '-')}")
-    print(f"sweep: {len(plan)} runs, {args.parallel} at a time", file=sys.stderr)
-    for f, w, _, s in plan:
-        print(f"  {f:<10} width {w:<6g} {count_params(f, w):>10,} params  seed {s}", file=sys.stderr)
+    cfgs = configs(items, apply_arguments(_base_config(args), args))
+    print(f"sweep: {len(cfgs)} runs, {args.parallel} at a time (recipe {cfgs[0].recipe})", file=sys.stderr)
+    for c in cfgs:
+        p = count_params(c.model.family, c.model.width)
+        print(f"  {c.model.family:<10} width {c.model.width:<6g} {p:>10,} params  seed {c.train.seed}", file=sys.stderr)
     if args.dry_run:
         return 0
-    from .jobs import Job, run_all
-    from .planning import train_argv
+    from .jobs import run_configs
 
     quiet = args.parallel > 1 or args.quiet
-    extra = passthrough + (["--quiet"] if quiet else [])
-    tags = [{"family": f, "width": w, "budget": b, "seed": s} for f, w, b, s in plan]
-    jobs = [Job(train_argv(t, extra), tag=t) for t in tags]
 
-    def done(job: Job) -> None:
-        t = job.tag
+    def done(job) -> None:
+        c = job.tag["config"]
         print(
-            f"done ({job.returncode}): {t['family']} w{t['width']:g} seed {t['seed']} -> {job.run_path}",
+            f"done ({job.returncode}): {c.model.family} w{c.model.width:g} seed {c.train.seed} -> {job.run_path}",
             file=sys.stderr,
         )
         if job.returncode and job.stderr_tail:
             print("  " + job.stderr_tail.replace("\n", "\n  "), file=sys.stderr)
 
-    run_all(jobs, args.parallel, quiet=quiet, on_done=done)
-    results = [{**j.tag, "exit": j.returncode, "run": j.run_path} for j in jobs]
+    jobs = run_configs(cfgs, args.parallel, out=args.out, quiet=quiet, on_done=done)
+    results = [{**it, "exit": j.returncode, "run": j.run_path} for it, j in zip(items, jobs)]
     if args.json:
         _print_json(results)
-    failed = [r for r in results if r["exit"] != 0]
-    return 1 if failed else 0
+    return 1 if any(r["exit"] != 0 for r in results) else 0
 
 
-def cmd_reference(args) -> int:
-    from .reference import run_reference, write_record
+def cmd_recipes(args) -> int:
+    from .config import recipe_table
 
-    extra = []
-    for flag in ("data", "device", "limit", "threads", "out", "checkpoint_every"):
-        v = getattr(args, flag)
-        if v is not None:
-            extra += [f"--{flag.replace('_', '-')}", str(v)]
-    record = run_reference(
-        args.epochs,
-        args.fit_in,
-        args.parallel,
-        extra,
-        better=not args.no_better,
-        dry_run=args.dry_run,
-        skip_done=Path(args.skip_done) if args.skip_done else None,
-    )
+    rows = recipe_table()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['name']}: {r['about']}")
+        changed = {k: v for k, v in r["settings"].items() if k in RECIPES[r["name"]].settings}
+        print("  " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "(the defaults)"))
+    print("\nUse one with --recipe NAME (train, sweep, the Train page); flags given as well override it.")
+    return 0
+
+
+def _study_done(record: dict, args) -> int:
+    """Write and print a study's record; exit 1 if any of its trainings failed."""
+    from .reference import write_record
+
     if args.record:
         write_record(record, Path(args.record))
     if args.json:
         _print_json(record)
     return 0 if all(r.get("exit") == 0 for r in record.get("results", [])) else 1
+
+
+def cmd_reference(args) -> int:
+    from .reference import run_reference
+
+    record = run_reference(
+        args.epochs,
+        args.fit_in,
+        args.parallel,
+        apply_arguments(_base_config(args), args),
+        better=not args.no_better,
+        dry_run=args.dry_run,
+        skip_done=Path(args.skip_done) if args.skip_done else None,
+        out=args.out,
+    )
+    return _study_done(record, args)
+
+
+def cmd_study(args) -> int:
+    from .beyond import run_beyond
+    from .runs import runs_dir
+
+    work = Path(args.work) if args.work else runs_dir() / "study-beyond"
+    record = run_beyond(
+        apply_arguments(_base_config(args), args),
+        out=Path(args.out),
+        work=work,
+        fit_in=args.fit_in,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.student_epochs,
+        ref_epochs=args.reference_epochs,
+        reference_from=Path(args.reference_from) if args.reference_from else None,
+        parallel=args.parallel,
+        log=Path(args.log) if args.log else work / "progress.log",
+        dry_run=args.dry_run,
+    )
+    return _study_done(record, args)
 
 
 def cmd_export(args) -> int:
@@ -443,8 +428,8 @@ def cmd_eval(args) -> int:
     import torch
 
     from .data import load
+    from .evaluation import evaluate
     from .loading import load_model
-    from .train import evaluate
 
     lm = load_model(args.run)
     spec = args.data
@@ -503,6 +488,13 @@ RUNS_JSON_KEYS = [
     "data",
     "data_fingerprint",
     "recipe",
+    "distilled",
+    "teacher",
+    "teacher_private_acc",
+    "init_run",
+    "lineage",
+    "selected_weights",
+    "weights_candidates",
     "device",
     "wall_s",
     "img_per_s",
@@ -601,27 +593,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_data)
 
     s = sub.add_parser("train", help="train one model into a new run folder")
-    s.add_argument("--model", default=None, help="mobilenet | cnn")
+    s.add_argument("--model", default=None, help="mobilenet | cnn (default: --config's, or --init's)")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--width", type=_number, default=1.0, help="width multiplier (default: 1.0)")
+    g.add_argument("--width", type=_number, default=None, help="width multiplier (default: 1.0)")
     g.add_argument("--budget", type=_number, default=None, help="parameter budget (solved to a width)")
     g.add_argument("--resume", default=None, metavar="RUN", help="continue a run that was killed")
-    _add_train_args(s)
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON; flags given as well override it")
+    add_arguments(s)
+    s.add_argument("--print-config", action="store_true", help="print the resulting config as JSON; train nothing")
     s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the final summary as JSON")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sweep", help="several runs: families x budgets (or widths) x seeds")
     s.add_argument("--models", default="mobilenet,cnn", help="comma-separated families (default: mobilenet,cnn)")
-    s.add_argument("--budgets", type=_number_list, default=None, help="e.g. 3e4,1e5,3e5,1e6")
-    s.add_argument("--widths", type=_number_list, default=None, help="e.g. 0.5,1,2")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budgets", type=_number_list, default=None, help="e.g. 3e4,1e5,3e5,1e6")
+    g.add_argument("--widths", type=_number_list, default=None, help="e.g. 0.5,1,2")
     s.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
     s.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several small ones; default: 1)")
     s.add_argument("--dry-run", action="store_true", help="print the plan only")
-    _add_train_args(s)
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
+    add_arguments(s, exclude=("train.seed",))
     s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("recipes", help="the named training recipes and their settings")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_recipes)
 
     s = sub.add_parser("reference", help="the reference study (seed report rerun), sized to a time window")
     s.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100)")
@@ -633,13 +635,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-done", default=None, metavar="FOLDER", help="train only the runs FOLDER lacks")
     s.add_argument("--dry-run", action="store_true", help="print the plan only")
     s.add_argument("--record", default=None, help="write the study's record (epochs, timings) to this JSON file")
-    for flag in ("--data", "--device", "--out"):
-        s.add_argument(flag, default=None)
-    s.add_argument("--limit", type=int, default=None)
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
+    add_arguments(s, exclude=("train.seed", "train.epochs"))
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("study", help="a prepared study in one command (beyond: teacher, students, reference gaps)")
+    s.add_argument("name", choices=["beyond"], help="beyond: see `python -m fer_core study beyond --help`")
+    s.add_argument("--fit-in", type=float, default=None, metavar="SECONDS", help="scale the epochs to fit (e.g. 540)")
+    s.add_argument("--teacher-epochs", type=int, default=300, help="the teacher's epochs before scaling (default: 300)")
+    s.add_argument("--student-epochs", type=int, default=200, help="students' epochs before scaling (default: 200)")
+    s.add_argument("--reference-epochs", type=int, default=None, help="(default: the reference runs' own, else 95)")
+    s.add_argument(
+        "--reference-from", default=None, metavar="FOLDER", help="reference runs already done (default: --out)"
+    )
+    s.add_argument("--parallel", type=int, default=None, help="runs at once per lane (default: all)")
+    s.add_argument("--out", default="results/reference", help="where finished runs are exported (default: %(default)s)")
+    s.add_argument("--work", default=None, help="where runs train (default: $FER_RUNS/study-beyond)")
+    s.add_argument("--log", default=None, help="progress log file (default: WORK/progress.log)")
+    s.add_argument("--record", default=None, help="write the study's record (plan, epochs, timings) to this JSON")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only")
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
+    add_arguments(s, exclude=("train.seed", "train.epochs"))  # the study's recipes set the recipe fields
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("export", help="copy finished runs (with fp16/fp32 weights or none) into another folder")
     s.add_argument("runs", nargs="*", metavar="RUN")

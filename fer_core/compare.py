@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from .runs import lineage_text
+
 #: What the scatters can put on the x axis: column -> axis title (log scale for all).
 X_AXES = {
     "params": "trainable parameters",
@@ -36,7 +38,17 @@ def runs_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
     if "best_public_acc" in df.columns:
         df.loc[live, "public_acc"] = df.loc[live, "best_public_acc"]
     df["data"] = df["data"].fillna("unknown")
+    df["lineage_kind"] = [lineage_kind(r) for _, r in df.iterrows()]
     return df
+
+
+def lineage_kind(row) -> str:
+    """How a run was trained: plain, distilled (has teachers), fine-tuned (started from a run), or both."""
+    taught = isinstance(row.get("teacher"), str) and bool(row.get("teacher"))
+    tuned = isinstance(row.get("init_run"), str) and bool(row.get("init_run"))
+    return {(False, False): "plain", (True, False): "distilled", (False, True): "fine-tuned"}.get(
+        (taught, tuned), "distilled + fine-tuned"
+    )
 
 
 def pareto_frontier(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -56,17 +68,30 @@ def _curve(df: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobilenet", b: str = "cnn") -> pd.DataFrame:
-    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size, computed
-    separately for each data source (a synthetic run is never compared with a FER2013 one).
+    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size.
 
-    Returns one row per (data, width of ``a``).
+    Like is compared with like: separately for each data source and each recipe (a synthetic run is never
+    compared with a FER2013 one, nor a ``better`` run with a ``seed`` one), and on plain runs only: a distilled
+    or fine-tuned run learnt from another model, so it answers a different question (the Compare page and
+    the report show those against their teachers instead).
+
+    Returns one row per (data, recipe, width of ``a``).
     """
-    parts = [_gap_one_source(g, y, a, b).assign(data=src) for src, g in df.groupby("data")] if not df.empty else []
+    keys = ["data", "recipe"]
+    cols = keys + ["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df.copy()
+    d["recipe"] = d["recipe"].fillna("seed") if "recipe" in d else "seed"
+    if "lineage_kind" not in d:
+        d["lineage_kind"] = [lineage_kind(r) for _, r in d.iterrows()]
+    d = d[d["lineage_kind"] == "plain"]
+    parts = [_gap_one_source(g, y, a, b).assign(data=k[0], recipe=k[1]) for k, g in d.groupby(keys)]
     parts = [p for p in parts if not p.empty]
     if not parts:
-        return pd.DataFrame(columns=["data", "width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd"])
+        return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
-    return out[["data"] + [c for c in out.columns if c != "data"]]
+    return out[keys + [c for c in out.columns if c not in keys]]
 
 
 def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
@@ -132,6 +157,8 @@ def two_run_card(run_ids: list[str]) -> list[dict]:
                 "private_acc": s.get("private_acc"),
                 "epochs_done": s.get("epochs_done"),
                 "recipe": s.get("recipe"),
+                "lineage": lineage_text(s),
+                "selected_weights": s.get("selected_weights", "raw"),
                 "data": s.get("data"),
                 "architecture": str(lm.model),
             }

@@ -12,6 +12,8 @@ from .compare import BYTE_LIMITS, X_AXES, Y_AXES, pareto_frontier
 
 FAMILY_COLORS = {"mobilenet": "#1f77b4", "cnn": "#d62728"}
 DATA_SYMBOLS = {"fer2013": "circle", "synthetic": "diamond", "custom": "square"}
+#: runs that learnt from other runs get their own marker (whatever their data): star distilled, triangle fine-tuned
+LINEAGE_SYMBOLS = {"distilled": "star", "fine-tuned": "triangle-up", "distilled + fine-tuned": "star-triangle-up"}
 #: the download button of every figure saves a PNG at this scale
 PNG_CONFIG = {"toImageButtonOptions": {"format": "png", "scale": 2, "filename": "fer-lab"}, "displaylogo": False}
 
@@ -30,6 +32,7 @@ def _hover(df: pd.DataFrame, y: str) -> list[str]:
             f"<br>params {_fmt(r, 'params')} · fp16 {_fmt(r, 'bytes_fp16')} B · MACs {_fmt(r, 'macs')}"
             f"<br>epochs {_fmt(r, 'epochs_done')}/{_fmt(r, 'epochs')} · seed {_fmt(r, 'seed')}"
             f" · recipe {r.get('recipe') or '-'}<br>data {r.get('data')} · {r['run_id']}"
+            + (f"<br>{r['lineage']}" if r.get("lineage_kind", "plain") != "plain" and r.get("lineage") else "")
         )
     return out
 
@@ -41,15 +44,18 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
 
     fig = go.Figure()
     d = df.dropna(subset=[x, y]) if not df.empty else df
-    groups = d.assign(_live=d["status"].eq("running")).groupby(["family", "data", "_live"]) if not d.empty else []
-    for (family, data, live), g in groups:
-        symbol = DATA_SYMBOLS.get(data, "x") + ("-open" if live else "")
+    if not d.empty and "lineage_kind" not in d:
+        d = d.assign(lineage_kind="plain")
+    keys = ["family", "data", "lineage_kind", "_live"]
+    groups = d.assign(_live=d["status"].eq("running")).groupby(keys) if not d.empty else []
+    for (family, data, kind, live), g in groups:
+        symbol = LINEAGE_SYMBOLS.get(kind, DATA_SYMBOLS.get(data, "x")) + ("-open" if live else "")
         fig.add_trace(
             go.Scatter(
                 x=g[x],
                 y=g[y],
                 mode="markers",
-                name=f"{family} · {data}" + (" · running" if live else ""),
+                name=f"{family} · {data}" + ("" if kind == "plain" else f" · {kind}") + (" · running" if live else ""),
                 marker={
                     "color": FAMILY_COLORS.get(family, "#7f7f7f"),
                     "symbol": symbol,

@@ -6,6 +6,7 @@ so a page reload, a closed tab or a second browser neither stops nor duplicates 
 other (a lock file beside them): one device trains one job at a time. The job's state lives
 on disk next to the runs (``<runs>/.jobs/<job id>/``), which is how any page re-attaches to it:
 
+    configs/     one RunConfig JSON per training (what travels to the trainer: ``train --config FILE``)
     plan.json    the trainings (argument lists for ``python -m fer_core``) and ``parallel``
     state.json   the job's status (queued / waiting / running / finished / cancelled) and, per item,
                  pending / running / done / failed / cancelled, its run folder, exit code
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import RunConfig
 from .errors import FerError
 from .runs import Run, _pid_alive, atomic_write_json, find_run, read_json, runs_dir
 
@@ -95,6 +97,48 @@ def run_all(
     return jobs
 
 
+def write_configs(cfgs: list[RunConfig], folder: Path) -> list[Path]:
+    """Each config as ``folder/NNN.json`` (validated first: a bad plan fails before anything starts)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, cfg in enumerate(cfgs):
+        cfg.validate(where=f"training {i + 1}")
+        path = folder / f"{i:03d}.json"
+        atomic_write_json(path, cfg.to_dict())
+        paths.append(path)
+    return paths
+
+
+def train_command(config_file: Path, out: str | Path | None = None, quiet: bool = True) -> list[str]:
+    """The ``python -m fer_core`` arguments that train one config file."""
+    return [
+        "train",
+        "--config",
+        str(config_file),
+        *(["--out", str(out)] if out else []),
+        *(["--quiet"] if quiet else []),
+    ]
+
+
+def run_configs(
+    cfgs: list[RunConfig],
+    parallel: int = 1,
+    out: str | Path | None = None,
+    quiet: bool = True,
+    on_done: Callable[[Job], None] | None = None,
+    config_dir: Path | None = None,
+) -> list[Job]:
+    """Train ``cfgs`` in child processes, ``parallel`` at a time, each from its own config file; returns the
+    jobs (``tag["config"]`` is the config) with their exit codes and run folders."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fer-configs-") as tmp:
+        files = write_configs(cfgs, config_dir or Path(tmp))
+        jobs = [Job(train_command(f, out, quiet), tag={"config": c}) for f, c in zip(files, cfgs)]
+        return run_all(jobs, parallel, quiet=quiet, on_done=on_done)
+
+
 # --------------------------------------------------------------------------------------------------- queued jobs
 
 
@@ -106,19 +150,19 @@ def _pending(trainings: list[list[str]]) -> list[dict]:
     return [{"argv": a, "status": "pending", "run": None, "exit": None} for a in trainings]
 
 
-def submit(trainings: list[list[str]], parallel: int = 1, title: str = "") -> str:
-    """Queue trainings (each the argument list of ``python -m fer_core train ...``) in a detached process.
+def submit(cfgs: list[RunConfig], parallel: int = 1, title: str = "") -> str:
+    """Queue trainings (one RunConfig each) in a detached process.
 
     Returns the job id. The trainings write into the usual runs folder, so they appear in every listing.
     """
-    if not trainings:
+    if not cfgs:
         raise FerError("nothing to train: the plan is empty")
-    for argv in trainings:
-        if not argv or argv[0] != "train":
-            raise FerError(f"a queued job runs `train` only, got {argv[:1]}")
+    for i, cfg in enumerate(cfgs):
+        cfg.validate(where=f"training {i + 1}")
     jid = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     d = jobs_dir() / jid
     d.mkdir(parents=True)
+    trainings = [train_command(f) for f in write_configs(cfgs, d / "configs")]
     atomic_write_json(d / "plan.json", {"title": title, "parallel": parallel, "trainings": trainings})
     items = _pending(trainings)
     atomic_write_json(d / "state.json", {"status": "queued", "items": items, "submitted": time.time()})
@@ -255,6 +299,12 @@ def _argv_value(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
 
 
+def item_config(item: dict) -> dict:
+    """The config a queued training trains (read from its config file; {} if it is gone)."""
+    path = _argv_value(item["argv"], "--config")
+    return (read_json(Path(path)) or {}) if path else {}
+
+
 def _running_summary(item: dict) -> dict | None:
     """The summary of the run a running queue item is training (found by its trainer's pid)."""
     pid = item.get("pid")
@@ -269,5 +319,8 @@ def _running_summary(item: dict) -> dict | None:
 
 
 def describe_item(item: dict) -> str:
-    argv = item["argv"]
-    return f"{_argv_value(argv, '--model')} w{_argv_value(argv, '--width')} seed {_argv_value(argv, '--seed') or 0}"
+    cfg = item_config(item)
+    m, t = cfg.get("model", {}), cfg.get("train", {})
+    teachers = cfg.get("distill", {}).get("teachers") or []
+    text = f"{m.get('family', '?')} w{m.get('width', 0):g} seed {t.get('seed', 0)} · {cfg.get('recipe', 'seed')}"
+    return text + (f" · taught by {len(teachers)}" if teachers else "")

@@ -1,40 +1,13 @@
 """Planning trainings: families x (budgets or widths) x seeds, each model's costs before it is trained,
-and the ``python -m fer_core train`` arguments that carry it out (the Train page and ``sweep`` share it)."""
+and the RunConfigs that carry it out (the Train page, ``sweep`` and the studies share it)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from .config import RunConfig
 from .errors import FerError
 from .models import count_params, list_models, solve_width
-
-
-@dataclass
-class TrainOptions:
-    """What every training of a plan shares (None: the recipe's or the engine's default)."""
-
-    epochs: int = 100
-    data: str | None = None
-    device: str = "auto"
-    limit: int | None = None
-    batch_size: int = 128
-    recipe: str = "seed"
-    lr: float | None = None
-    augment: bool = True
-
-    def argv(self) -> list[str]:
-        out = ["--epochs", str(self.epochs), "--device", self.device, "--batch-size", str(self.batch_size)]
-        out += ["--recipe", self.recipe]
-        if self.data:
-            out += ["--data", self.data]
-        if self.limit:
-            out += ["--limit", str(self.limit)]
-        if self.lr is not None:
-            out += ["--lr", repr(self.lr)]
-        if not self.augment:
-            out.append("--no-augment")
-        return out
 
 
 def log_budgets(lo: float, hi: float, n: int) -> list[float]:
@@ -77,21 +50,28 @@ def costs(item: dict) -> dict:
     return model_stats(create_model(item["family"], item["width"]), latency=False)
 
 
-def train_argv(item: dict, options: TrainOptions | list[str]) -> list[str]:
-    """``python -m fer_core`` arguments that train ``item`` (family, width, seed, optional recipe)."""
-    argv = ["train", "--model", item["family"], "--width", repr(item["width"]), "--seed", str(item["seed"])]
-    argv += options.argv() if isinstance(options, TrainOptions) else list(options)
-    if item.get("recipe"):
-        argv += ["--recipe", item["recipe"]]  # the item's own recipe wins over the options'
-    return argv
+def configs(items: list[dict], base: RunConfig) -> list[RunConfig]:
+    """One RunConfig per planned item: ``base`` with the item's family, width, budget, seed (and recipe)."""
+    from .config import apply_recipe
+
+    out = []
+    for it in items:
+        cfg = base.copy()
+        cfg.model.family, cfg.model.width, cfg.model.budget = it["family"], float(it["width"]), it.get("budget")
+        cfg.train.seed = int(it.get("seed", cfg.train.seed))
+        if it.get("recipe") and it["recipe"] != cfg.recipe:
+            apply_recipe(cfg, it["recipe"])  # the item's own recipe wins over the base's
+        out.append(cfg)
+    return out
 
 
-def quick_demo(real_data: bool) -> tuple[list[dict], TrainOptions]:
+def quick_demo(real_data: bool) -> list[RunConfig]:
     """A few small models for a few epochs: the scatters fill in within a couple of minutes on a laptop CPU."""
-    items = plan(["mobilenet", "cnn"], budgets=[2e4, 1e5])
-    options = TrainOptions(epochs=3, limit=3000 if real_data else None, data=None if real_data else "synthetic")
-    options.lr, options.batch_size, options.augment = 3e-3, 64, False
-    return items, options
+    base = RunConfig()
+    base.train.epochs, base.train.lr, base.train.batch_size = 3, 3e-3, 64
+    base.data.limit, base.data.data = (3000, None) if real_data else (None, "synthetic")
+    base.data.augment = False
+    return configs(plan(["mobilenet", "cnn"], budgets=[2e4, 1e5]), base)
 
 
 def parse_numbers(text: str, what: str, integer: bool = False) -> list:

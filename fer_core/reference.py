@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from .config import RunConfig
 from .errors import FerError
-from .jobs import Job, run_all
+from .jobs import Job, run_configs
 from .models import count_params, solve_width
-from .planning import train_argv
+from .planning import configs
 from .runs import Run, atomic_write_json, load_weights_file, read_json
 
 BUDGETS = [2e4, 5e4, 3e5, 1e6]
@@ -52,25 +53,43 @@ def plan(better: bool = True) -> list[dict]:
     return sorted(items, key=lambda it: -count_params(it["family"], it["width"]))
 
 
-def _jobs(items: list[dict], epochs: int, extra: list[str]) -> list[Job]:
-    return [Job(train_argv(it, ["--epochs", str(epochs), "--quiet", *extra]), tag=it) for it in items]
+def study_configs(items: list[dict], epochs: int, base: RunConfig) -> list[RunConfig]:
+    """The items as configs: ``base`` (data, device, ...) with each item's model, seed, recipe and ``epochs``."""
+    cfgs = configs(items, base)
+    for cfg in cfgs:
+        cfg.train.epochs = epochs
+    return cfgs
 
 
-def calibrate(items: list[dict], parallel: int, extra: list[str], epochs: int = 3) -> dict:
-    """Run every job for ``epochs`` epochs at once; return the slowest epoch time (after the first, which pays
-    for start-up) and the start-up overhead."""
+def calibrate(cfgs: list[RunConfig], parallel: int, epochs: int = 3) -> dict:
+    """Run every config for ``epochs`` epochs at once; return the slowest epoch time per config (after the
+    first, which pays for start-up), the slowest overall, and the start-up overhead."""
+    short = []
+    for cfg in cfgs:
+        c = cfg.copy()
+        c.train.epochs, c.train.checkpoint_every = epochs, 1000
+        short.append(c)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
-        jobs = run_all(_jobs(items, epochs, [*extra, "--out", tmp, "--checkpoint-every", "1000"]), parallel)
+        jobs = run_configs(short, parallel, out=tmp)
         wall = time.time() - t
-        ok = [j for j in jobs if j.returncode == 0 and j.run_path]
+        per_config = []
         for j in jobs:
-            if j not in ok:  # the real run will fail the same way and be reported; time the others
+            if j.returncode != 0 or not j.run_path:  # the real run will fail the same way and be reported
                 print(f"calibration run failed: {' '.join(j.argv)}\n{j.stderr_tail}", file=sys.stderr)
-        if not ok:
-            raise FerError("every calibration run failed; see the messages above")
-        slowest = max(r["epoch_s"] for j in ok for r in Run(Path(j.run_path)).metrics()[1:])
-    return {"wall_s": wall, "slowest_epoch_s": slowest, "overhead_s": max(0.0, wall - epochs * slowest)}
+                per_config.append(None)
+                continue
+            per_config.append(max(r["epoch_s"] for r in Run(Path(j.run_path)).metrics()[1:] or [{"epoch_s": 0}]))
+    timed = [s for s in per_config if s is not None]
+    if not timed:
+        raise FerError("every calibration run failed; see the messages above")
+    slowest = max(timed)
+    return {
+        "wall_s": round(wall, 2),
+        "epoch_s": per_config,
+        "slowest_epoch_s": slowest,
+        "overhead_s": max(0.0, wall - epochs * slowest),
+    }
 
 
 def missing(items: list[dict], done_dir: Path, epochs: int) -> list[dict]:
@@ -91,10 +110,11 @@ def run_reference(
     epochs: int = 100,
     fit_in: float | None = None,
     parallel: int = 8,
-    extra: list[str] | None = None,
+    base: RunConfig | None = None,
     better: bool = True,
     dry_run: bool = False,
     skip_done: Path | None = None,
+    out: str | None = None,
 ) -> dict:
     """Train the reference study; returns a record (epochs used, calibration, per-run results, wall time).
 
@@ -105,7 +125,7 @@ def run_reference(
         items = missing(items, skip_done, epochs)
         if not items:
             raise FerError(f"{skip_done} already holds every planned run")
-    extra = list(extra or [])
+    base = base or RunConfig()
     say = lambda *a: print(*a, file=sys.stderr, flush=True)
     say(f"reference study: {len(items)} runs, {parallel} at a time")
     for it in items:
@@ -118,7 +138,7 @@ def run_reference(
         return record
     t0 = time.time()
     if fit_in:
-        cal = calibrate(items, parallel, extra)
+        cal = calibrate(study_configs(items, epochs, base), parallel)
         waves = math.ceil(len(items) / parallel)
         # 0.7: on an H100 a 0.9 margin proved too thin (17 runs at once were slower than their calibration)
         fit = int((fit_in - cal["wall_s"] - waves * cal["overhead_s"]) / (waves * cal["slowest_epoch_s"]) * 0.7)
@@ -133,6 +153,18 @@ def run_reference(
             say(f"calibration: slowest epoch {cal['slowest_epoch_s']:.2f} s under load; {epochs} epochs fit")
     record["epochs"] = epochs
     t1 = time.time()
+    jobs = run_configs(study_configs(items, epochs, base), parallel, out=out, on_done=report_done(say))
+    record["sweep_wall_s"] = round(time.time() - t1, 1)
+    record["total_wall_s"] = round(time.time() - t0, 1)
+    record["results"] = [
+        {**it, "exit": j.returncode, "run": Path(j.run_path).name if j.run_path else None} for it, j in zip(items, jobs)
+    ]
+    say(f"reference study: {record['sweep_wall_s']:.0f} s for the sweep, {record['total_wall_s']:.0f} s in all")
+    return record
+
+
+def report_done(say):
+    """An on_done callback that says how each training ended (accuracies, time, speed; or why it failed)."""
 
     def done(job: Job) -> None:
         s = read_json(Path(job.run_path) / "summary.json") if job.run_path else None
@@ -142,16 +174,17 @@ def run_reference(
                 f"{s['wall_s']:.0f} s {s.get('img_per_s') or 0:,.0f} img/s"
             )
         else:
-            say(f"FAILED ({job.returncode}): {job.argv}\n{job.stderr_tail}")
+            say(f"FAILED ({job.returncode}): {' '.join(job.argv)}\n{job.stderr_tail}")
 
-    jobs = run_all(_jobs(items, epochs, extra), parallel, on_done=done)
-    record["sweep_wall_s"] = round(time.time() - t1, 1)
-    record["total_wall_s"] = round(time.time() - t0, 1)
-    record["results"] = [
-        {**j.tag, "exit": j.returncode, "run": Path(j.run_path).name if j.run_path else None} for j in jobs
-    ]
-    say(f"reference study: {record['sweep_wall_s']:.0f} s for the sweep, {record['total_wall_s']:.0f} s in all")
-    return record
+    return done
+
+
+def _run_id_of(ref: str) -> str:
+    """A run reference as a run id: a run folder's name, a weights file's run folder name, or the id itself."""
+    p = Path(ref)
+    if p.suffix == ".pt":
+        return p.parent.name if (p.parent / "summary.json").is_file() else p.name
+    return p.name
 
 
 def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
@@ -168,6 +201,11 @@ def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
         (out / "metrics.jsonl").write_bytes((run.path / "metrics.jsonl").read_bytes())
     cfg = run.config()
     cfg["data"]["data"] = None  # where the data lay is the trainer's business; data_fingerprint names it
+    # teachers and the init run by run id: the folders they trained in stay behind
+    distill = cfg.get("distill") or {}
+    distill["teachers"] = [_run_id_of(t) for t in distill.get("teachers") or []]
+    if cfg.get("init"):
+        cfg["init"] = _run_id_of(cfg["init"])
     atomic_write_json(out / "config.json", cfg)
     s = {k: v for k, v in s.items() if k not in ("source", "path", "pid", "host", "heartbeat")}
     if weights != "none" and run.weights_file.is_file():
@@ -184,5 +222,6 @@ def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
 
 
 def write_record(record: dict, path: Path) -> None:
+    """Save a study's record as JSON and print its scalar fields (epochs, timings) on stderr."""
     atomic_write_json(path, record)
-    print(json.dumps({k: v for k, v in record.items() if k != "results"}), file=sys.stderr)
+    print(json.dumps({k: v for k, v in record.items() if not isinstance(v, (list, dict))}), file=sys.stderr)

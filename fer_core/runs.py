@@ -258,15 +258,39 @@ TABLE_COLUMNS = [
 
 
 def table(dirs: list[Path] | None = None):
-    """All runs as a pandas DataFrame (one row per run, the summary's flat fields as columns)."""
+    """All runs as a pandas DataFrame (one row per run, the summary's flat fields as columns, and its
+    lineage as one line of text)."""
     import pandas as pd
 
-    rows = [{k: v for k, v in s.items() if not isinstance(v, (dict, list))} for s in list_summaries(dirs)]
+    rows = [
+        {**{k: v for k, v in s.items() if not isinstance(v, (dict, list))}, "lineage": lineage_text(s)}
+        for s in list_summaries(dirs)
+    ]
     df = pd.DataFrame(rows)
     for c in TABLE_COLUMNS:
         if c not in df.columns:
             df[c] = None
     return df[TABLE_COLUMNS + [c for c in df.columns if c not in TABLE_COLUMNS]]
+
+
+def lineage_text(s: dict) -> str:
+    """One line on where a run came from: its recipe, teachers (with their private accuracy), init run."""
+    lin = s.get("lineage") or {}
+    parts = [f"recipe {s.get('recipe') or lin.get('recipe') or 'seed'}"]
+    for t in lin.get("teachers") or []:
+        acc = t.get("private_acc")
+        parts.append(
+            f"taught by {t['run_id']} ({t.get('family')} {t.get('params') or 0:,} params"
+            + (f", private {acc:.4f}" if isinstance(acc, float) else "")
+            + ")"
+        )
+    if lin.get("distill"):
+        parts.append(f"T={lin['distill']['temperature']:g}, alpha={lin['distill']['alpha']:g}")
+    init = lin.get("init")
+    if init:
+        acc = init.get("private_acc")
+        parts.append(f"fine-tuned from {init['run_id']}" + (f" (private {acc:.4f})" if isinstance(acc, float) else ""))
+    return " · ".join(parts)
 
 
 def find_run(ref: str) -> Run:

@@ -3,10 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from fer_core.config import RECIPES
+from fer_core.config import RECIPES, RunConfig, apply_recipe
 from fer_core.errors import FerError
 from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
-from fer_core.planning import TrainOptions, costs, log_budgets, parse_numbers, plan, train_argv
+from fer_core.loading import available_models
+from fer_core.planning import configs, costs, log_budgets, parse_numbers, plan
 from fer_core.status import data_status, device_status
 
 FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}
@@ -33,28 +34,41 @@ def sizes_ui() -> tuple[list[str], list[float] | None, list[float] | None, list[
     return families, budgets, widths, seeds
 
 
-def options_ui(gpu: bool) -> TrainOptions:
+def options_ui(gpu: bool) -> RunConfig:
+    """Every setting the trainings share, as one RunConfig (each model's family, width and seed come later)."""
+    cfg = RunConfig()
     with st.expander("Training settings", expanded=True):
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("epochs", 1, 1000, 100 if gpu else 10)
-        batch = c2.number_input("batch size", 8, 4096, 128)
-        recipe = c3.selectbox("recipe", list(RECIPES), help="seed = the report's protocol (Adam 1e-3, constant)")
+        cfg.train.epochs = int(c1.number_input("epochs", 1, 1000, 100 if gpu else 10))
+        cfg.train.batch_size = int(c2.number_input("batch size", 8, 4096, 128))
+        recipe = c3.selectbox("recipe", list(RECIPES), help="`python -m fer_core recipes` lists every setting")
+        apply_recipe(cfg, recipe)
         lr = c4.number_input("learning rate (0 = the recipe's)", 0.0, 1.0, 0.0, format="%.4f")
+        cfg.train.lr = lr or cfg.train.lr
+        st.caption(f"**{recipe}**: {RECIPES[recipe].about}")
         c1, c2, c3, c4 = st.columns(4)
-        augment = c1.checkbox("augmentation (flip, rotate, shift, scale)", True)
-        data = c2.text_input("data", "", help="empty: $FER_DATA, data/, else synthetic; or a path, or 'synthetic'")
-        limit = c3.number_input("limit training images (0 = all)", 0, 10_000_000, 0)
-        device = c4.selectbox("device", ["auto", "cpu", "cuda"])
-    return TrainOptions(
-        epochs=int(epochs),
-        data=data.strip() or None,
-        device=device,
-        limit=int(limit) or None,
-        batch_size=int(batch),
-        recipe=recipe,
-        lr=lr or None,
-        augment=augment,
-    )
+        cfg.data.augment = c1.checkbox("augmentation (flip, rotate, shift, scale)", True)
+        cfg.data.data = (
+            c2.text_input("data", "", help="empty: $FER_DATA, data/, else synthetic; or a path").strip() or None
+        )
+        cfg.data.limit = int(c3.number_input("limit training images (0 = all)", 0, 10_000_000, 0)) or None
+        cfg.train.device = c4.selectbox("device", ["auto", "cpu", "cuda"])
+    with st.expander("Distillation: learn from trained teachers", expanded=recipe == "distill"):
+        teachers = st.multiselect(
+            "teachers (frozen; several = their averaged soft targets)",
+            [m["run_id"] for m in _trained()],
+            format_func=lambda rid: next(m["label"] for m in _trained() if m["run_id"] == rid),
+        )
+        c1, c2 = st.columns(2)
+        cfg.distill.temperature = c1.number_input("temperature", 0.5, 20.0, float(cfg.distill.temperature))
+        cfg.distill.alpha = c2.slider("alpha (weight of the teacher's term)", 0.0, 1.0, float(cfg.distill.alpha))
+        cfg.distill.teachers = teachers
+    return cfg
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _trained() -> list[dict]:
+    return available_models()
 
 
 def plan_table(items: list[dict]) -> pd.DataFrame:
@@ -111,8 +125,9 @@ st.title("Train")
 gpu = device_status()["device"] == "cuda"
 try:
     families, budgets, widths, seeds = sizes_ui()
-    options = options_ui(gpu)
+    base = options_ui(gpu)
     items = plan(families, budgets=budgets, widths=widths, seeds=seeds)
+    cfgs = [c.validate() for c in configs(items, base)]
 except FerError as e:
     st.error(str(e))
     st.stop()
@@ -121,12 +136,12 @@ st.subheader(f"Planned: {len(items)} trainings")
 st.dataframe(plan_table(items), hide_index=True)
 st.caption("Trainings run one after another in their own process: closing or reloading this page stops nothing.")
 if st.button("Start", type="primary"):
-    checked = data_status(options.data)
+    checked = data_status(base.data.data)
     if not checked["ok"]:
         st.error(f"Data: {checked['error']}")
         st.stop()
     try:
-        jid = submit([train_argv(it, options) for it in items], title=f"{len(items)} trainings")
+        jid = submit(cfgs, title=f"{len(cfgs)} trainings · {base.recipe}")
         st.success(f"Job {jid} started.")
     except FerError as e:
         st.error(str(e))

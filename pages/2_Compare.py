@@ -16,24 +16,30 @@ if df.empty:
 
 
 def filters_ui(df):
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     x = c1.selectbox("x axis", list(X_AXES), format_func=X_AXES.get)
     y = c2.selectbox("y axis", list(Y_AXES), format_func=Y_AXES.get)
     sources = sorted(df["data"].unique())
     data = c3.multiselect("data", sources, default=sources, help="marker shape: circle FER2013, diamond synthetic")
     recipes = sorted(df["recipe"].dropna().unique())
     recipe = c4.multiselect("recipe", recipes, default=recipes)
-    return x, y, data, recipe
+    kinds = sorted(df["lineage_kind"].unique())
+    kind = c5.multiselect("trained", kinds, default=kinds, help="star: distilled from a teacher; triangle: fine-tuned")
+    return x, y, data, recipe, kind
 
 
-x, y, data, recipes = filters_ui(df)
+x, y, data, recipes, kinds = filters_ui(df)
 live = bool((df["status"] == "running").any())
+
+
+def keep(d):
+    """The runs the filters let through."""
+    return d[d["data"].isin(data) & (d["recipe"].isin(recipes) | d["recipe"].isna()) & d["lineage_kind"].isin(kinds)]
 
 
 @st.fragment(run_every=3 if live else 30)
 def scatter_ui():
-    d = runs_frame()
-    d = d[d["data"].isin(data) & (d["recipe"].isin(recipes) | d["recipe"].isna())]
+    d = keep(runs_frame())
     d = d[d["status"].isin(["completed", "running"])]
     if len(data) > 1 and "synthetic" in data:
         st.warning("Synthetic-face runs are shown beside real ones: diamonds are synthetic, circles FER2013.")
@@ -46,7 +52,7 @@ def scatter_ui():
 
 
 scatter_ui()
-shown = df[df["data"].isin(data) & (df["recipe"].isin(recipes) | df["recipe"].isna())]
+shown = keep(df)
 
 st.subheader("Matched-budget gap: MobileNet minus CNN at equal parameters")
 gap = matched_budget_gap(shown, y=y if y in shown else "public_acc")
@@ -68,8 +74,9 @@ else:
         hide_index=True,
     )
     st.caption(
-        "Per data source. The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; "
-        "the spread is over seeds."
+        "Per data source and recipe, plain runs only (distilled and fine-tuned runs learnt from other models). "
+        "The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; the spread is "
+        "over seeds."
     )
 
 done = shown[shown["status"] == "completed"].sort_values("params")
@@ -107,8 +114,9 @@ if len(pair) == 2:
             st.write(
                 f"public {card['public_acc']:.4f} · {card['params']:,} params ({card['state_values']:,} values "
                 f"with BatchNorm buffers) · {card['bytes_fp16']:,} B fp16 · {card['bytes_fp32']:,} B fp32 · "
-                f"{card['macs']:,} MACs · {card['epochs_done']} epochs · recipe {card['recipe']}"
+                f"{card['macs']:,} MACs · {card['epochs_done']} epochs · {card['selected_weights']} weights"
             )
+            st.caption(card["lineage"])
             st.code(card["architecture"], language=None)
 
 st.subheader("All runs")

@@ -2,13 +2,14 @@
 
 import time
 
+from conftest import tiny_config
 from fer_core.jobs import active_jobs, cancel_job, job_runs, list_jobs, submit
-from fer_core.planning import TrainOptions, train_argv
 
 
 def _tiny(seed=0, epochs=1):
-    options = TrainOptions(epochs=epochs, data="synthetic", device="cpu", limit=128, batch_size=64, augment=False)
-    return train_argv({"family": "cnn", "width": 0.1, "seed": seed}, options)
+    cfg = tiny_config(epochs=epochs, seed=seed, device="cpu")
+    cfg.data.limit = 128
+    return cfg
 
 
 def _wait(pred, timeout=180):
@@ -30,7 +31,7 @@ def test_jobs_run_one_after_another_and_record_their_runs():
     assert [it["status"] for it in a["items"]] == ["done", "done"]
     assert b["started"] >= a["ended"] - 0.5  # the second job waited for the first, in submission order
     runs = job_runs(b)
-    assert runs[0]["summary"]["status"] == "completed" and runs[0]["label"] == "cnn w0.1 seed 2"
+    assert runs[0]["summary"]["status"] == "completed" and runs[0]["label"] == "cnn w0.1 seed 2 · seed"
 
 
 def test_cancelling_a_job_cancels_its_running_training_and_the_rest():
@@ -42,3 +43,15 @@ def test_cancelling_a_job_cancels_its_running_training_and_the_rest():
     assert job["status"] == "cancelled"
     assert [it["status"] for it in job["items"]] == ["cancelled", "cancelled"]
     assert job_runs(job)[0]["summary"]["status"] == "cancelled"
+
+
+def test_a_job_refuses_a_bad_config_before_anything_starts():
+    import pytest
+
+    from fer_core.errors import FerError
+
+    bad = _tiny(0)
+    bad.train.lr = -1.0
+    with pytest.raises(FerError, match=r"training 2: train.lr = -1.0"):
+        submit([_tiny(1), bad], title="bad")
+    assert list_jobs() == []

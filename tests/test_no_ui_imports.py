@@ -1,4 +1,4 @@
-"""fer_core's training side runs where streamlit and plotly are not installed (a GPU machine, CI workers)."""
+"""fer_core's training side runs where streamlit, plotly and Ray are not installed (a GPU machine, CI workers)."""
 
 import subprocess
 import sys
@@ -9,11 +9,12 @@ BLOCK_UI = """
 import sys
 class Blocker:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('streamlit', 'plotly'):
+        if name.split('.')[0] in ('streamlit', 'plotly', 'ray'):
             raise ImportError(f'{name} is not installed here')
 sys.meta_path.insert(0, Blocker())
 import fer_core.cli, fer_core.train, fer_core.data, fer_core.inference, fer_core.reference, fer_core.bench
 import fer_core.jobs, fer_core.compare, fer_core.planning, fer_core.status, fer_core.figures
+import fer_core.beyond, fer_core.engine, fer_core.evaluation, fer_core.config
 from fer_core.cli import main
 sys.exit(main(['train', '--model', 'cnn', '--width', '0.1', '--data', 'synthetic', '--limit', '128',
                '--epochs', '1', '--quiet', '--out', sys.argv[1]]))

@@ -5,6 +5,7 @@ import torch
 
 from conftest import tiny_config
 from fer_core import reference
+from fer_core.config import RunConfig
 from fer_core.data import load
 from fer_core.loading import load_model
 from fer_core.models import count_params
@@ -34,8 +35,9 @@ def test_run_reference_fits_the_epochs_into_the_window(monkeypatch, tmp_path):
         {"family": "mobilenet", "width": 0.25, "seed": 0, "recipe": "seed", "role": "sweep"},
     ]
     monkeypatch.setattr(reference, "plan", lambda better=True: items)
-    extra = ["--data", "synthetic:140", "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "runs")]
-    rec = reference.run_reference(epochs=1000, fit_in=60, parallel=2, extra=extra)
+    base = RunConfig()
+    base.data.data, base.train.device, base.train.threads = "synthetic:140", "cpu", 1
+    rec = reference.run_reference(epochs=1000, fit_in=60, parallel=2, base=base, out=str(tmp_path / "runs"))
     assert 1 <= rec["epochs"] < 1000  # a thousand epochs do not fit in a minute: lowered, for both alike
     assert rec["calibration"]["slowest_epoch_s"] > 0
     assert [r["exit"] for r in rec["results"]] == [0, 0]

@@ -14,10 +14,11 @@ from conftest import run_cli, tiny_config
 from fer_core.augment import AugmentConfig, augment_batch, normalize
 from fer_core.config import RunConfig, apply_recipe
 from fer_core.data import load
+from fer_core.engine import Step, lr_at, make_optimizer
 from fer_core.errors import FerError
 from fer_core.models import create_model
 from fer_core.runs import Run, find_run
-from fer_core.train import _make_optimizer, _Step, fit, lr_at
+from fer_core.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_a_tiny_batch_is_overfitted():
     cfg = RunConfig()
     cfg.data.augment = False
     model = create_model("mobilenet", 0.5, dropout=0.0)
-    step = _Step(model, _make_optimizer(model, cfg, torch.device("cpu"), False), x, y, cfg, torch.device("cpu"))
+    step = Step(model, make_optimizer(model, cfg, torch.device("cpu"), False), x, y, cfg, torch.device("cpu"))
     idx = torch.arange(32)
     losses = []
     for _ in range(60):

@@ -1,0 +1,109 @@
+"""Distillation and fine-tuning end to end: teachers and init runs load safely, lineage is recorded everywhere."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, tiny_config
+from fer_core.compare import runs_frame, two_run_card
+from fer_core.config import apply_recipe
+from fer_core.data import load
+from fer_core.errors import FerError
+from fer_core.runs import find_run
+from fer_core.train import fit
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load("synthetic")
+
+
+@pytest.fixture
+def teacher(synthetic):
+    return fit(tiny_config(epochs=2), data=synthetic)
+
+
+def _student(teacher_id, **train):
+    cfg = tiny_config(epochs=2, **train)
+    cfg.model.family, cfg.model.width = "mobilenet", 0.25
+    cfg.distill.teachers = [teacher_id]
+    return cfg
+
+
+def test_a_distilled_run_records_its_teacher(synthetic, teacher):
+    s = fit(_student(teacher["run_id"]), data=synthetic)
+    assert s["status"] == "completed" and s["distilled"] is True
+    assert s["teacher"] == teacher["run_id"] and s["teacher_private_acc"] == teacher["private_acc"]
+    lin = s["lineage"]
+    assert lin["teachers"][0]["run_id"] == teacher["run_id"] and lin["teachers"][0]["family"] == "cnn"
+    assert lin["distill"] == {"temperature": 4.0, "alpha": 0.9} and lin["init"] is None
+    saved = json.loads((find_run(s["run_id"]).path / "config.json").read_text())
+    assert saved["distill"]["teachers"] == [teacher["run_id"]]
+
+
+def test_two_teachers_and_a_weights_file_work(synthetic, teacher):
+    weights = find_run(teacher["run_id"]).path / "weights.pt"
+    other = fit(tiny_config(epochs=1, seed=1), data=synthetic)
+    cfg = _student(str(weights))
+    cfg.distill.teachers.append(other["run_id"])
+    s = fit(cfg, data=synthetic)
+    assert [t["run_id"] for t in s["lineage"]["teachers"]] == [teacher["run_id"], other["run_id"]]
+    assert s["teacher"] == f"{teacher['run_id']} + {other['run_id']}"
+
+
+def test_fine_tuning_starts_from_the_init_weights(synthetic, teacher):
+    cfg = tiny_config(epochs=1)
+    apply_recipe(cfg, "finetune")
+    cfg.init = teacher["run_id"]
+    cfg.train.lr = 1e-9  # practically no step: the run must start where the teacher ended
+    s = fit(cfg, data=synthetic)
+    assert s["init_run"] == teacher["run_id"] and s["lineage"]["init"]["private_acc"] == teacher["private_acc"]
+    assert abs(s["public_acc"] - teacher["public_acc"]) < 0.03  # far above what a fresh 1-epoch run reaches
+
+
+def test_init_must_match_family_and_width(synthetic, teacher):
+    cfg = tiny_config(epochs=1)
+    cfg.model.width = 0.2
+    cfg.init = teacher["run_id"]
+    with pytest.raises(FerError, match="init: .* is a cnn of width 0.1, but this run trains a cnn of width 0.2"):
+        fit(cfg, data=synthetic)
+
+
+def test_a_missing_teacher_fails_before_any_data_loads(monkeypatch):
+    import fer_core.train as train_mod
+
+    monkeypatch.setattr(train_mod, "load", lambda *a: pytest.fail("data was loaded before the teacher was checked"))
+    with pytest.raises(FerError, match="distill.teachers: 'no-such-run'"):
+        fit(_student("no-such-run"))
+
+
+def test_ema_weights_are_selected_on_public_accuracy_and_both_reported(synthetic):
+    cfg = tiny_config(epochs=3, ema_decay=0.9)
+    s = fit(cfg, data=synthetic)
+    cands = s["weights_candidates"]
+    assert set(cands) == {"raw", "ema"} and s["selected_weights"] in cands
+    best = max(cands, key=lambda k: (cands[k]["public_acc"], k == "raw"))
+    assert s["selected_weights"] == best and s["public_acc"] == cands[best]["public_acc"]
+    rows = find_run(s["run_id"]).metrics()
+    assert all("public_acc_ema" in r for r in rows)
+    assert torch.load(find_run(s["run_id"]).path / "weights.pt", weights_only=True)["weights"] == best
+
+
+def test_lineage_reaches_runs_json_the_table_and_the_two_run_card(synthetic, teacher):
+    s = fit(_student(teacher["run_id"]), data=synthetic)
+    r = run_cli("runs", "--json")
+    row = next(x for x in json.loads(r.stdout) if x["run_id"] == s["run_id"])
+    assert row["teacher"] == teacher["run_id"] and row["lineage"]["teachers"][0]["run_id"] == teacher["run_id"]
+    df = runs_frame().set_index("run_id")
+    assert df.loc[s["run_id"], "lineage_kind"] == "distilled" and df.loc[teacher["run_id"], "lineage_kind"] == "plain"
+    assert f"taught by {teacher['run_id']}" in df.loc[s["run_id"], "lineage"]
+    card = two_run_card([s["run_id"], teacher["run_id"]])[0]
+    assert "taught by" in card["lineage"] and "T=4, alpha=0.9" in card["lineage"]
+
+
+def test_train_init_takes_the_model_from_the_init_run(synthetic, teacher):
+    r = run_cli("train", "--init", teacher["run_id"], "--recipe", "finetune", "--print-config")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["model"]["family"] == "cnn" and cfg["model"]["width"] == 0.1 and cfg["init"] == teacher["run_id"]
