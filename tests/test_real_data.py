@@ -31,3 +31,18 @@ def test_a_short_cpu_run_on_real_faces_beats_chance(fer):
     # chance is 1/7 = 0.143; always answering "happy" scores 0.249 on the public split
     assert s["public_acc"] > 0.30 and s["private_acc"] > 0.30
     assert s["data"] == "fer2013" and s["data_sizes"]["train"] == 3000
+
+
+def test_a_shipped_teacher_distils_into_a_small_student_on_real_faces(fer):
+    from conftest import ROOT
+
+    teacher = next((ROOT / "results" / "reference").glob("cnn-w0.416-s0-*"))  # the shipped 995k CNN
+    cfg = tiny_config(epochs=2)
+    cfg.data.data, cfg.data.limit = FER_DATA, 2000
+    cfg.model.family, cfg.model.width = "mobilenet", 0.416
+    cfg.distill.teachers = [str(teacher)]
+    s = fit(cfg, data=fer)
+    assert s["status"] == "completed" and s["public_acc"] > 0.25
+    (t,) = s["lineage"]["teachers"]
+    assert t["run_id"] == teacher.name and t["params"] == 995_051 and t["private_acc"] == 0.671218
+    assert t["data_fingerprint"] == s["data_fingerprint"]  # the teacher learnt from this very data

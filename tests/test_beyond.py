@@ -1,0 +1,82 @@
+"""The prepared GPU study, dry-run on the CPU: the whole plan with tiny epochs, calibration and export included,
+so the one GPU call cannot fail on a plan bug."""
+
+import json
+
+from conftest import ROOT, run_cli
+from fer_core import beyond
+from fer_core.runs import load_weights_file, read_json
+
+
+def test_the_largest_mobilenet_under_the_course_limit_fits_and_the_next_does_not():
+    w = beyond.largest_width_under("mobilenet")
+    assert 0.9 < w < 1.0  # the seed network's own file (238,438 B) is over the limit
+    assert beyond.largest_width_under("mobilenet", 120_000) < 0.7 < beyond.largest_width_under("mobilenet", 10**6)
+
+
+def test_the_whole_study_runs_on_the_cpu_through_export(tmp_path):
+    out, work, log = tmp_path / "ref", tmp_path / "work", tmp_path / "progress.log"
+    args = [
+        "study",
+        "beyond",
+        "--data",
+        "synthetic:140",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--teacher-epochs",
+        "40",
+        "--student-epochs",
+        "40",
+        "--reference-epochs",
+        "1",
+        "--fit-in",
+        "200",
+        "--reference-from",
+        str(ROOT / "results" / "reference"),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--log",
+        str(log),
+        "--record",
+        str(tmp_path / "record.json"),
+    ]
+    r = run_cli(*args, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "record.json").read_text())
+    plan = rec["plan"]
+    assert (
+        plan["teacher"]["family"] == "cnn" and plan["teacher"]["width"] == 1.0 and plan["teacher"]["recipe"] == "strong"
+    )
+    assert len(plan["students"]) == 7 and {s["recipe"] for s in plan["students"]} == {"distill"}
+    # what the shipped reference study still lacked: the HW3-size CNN (seed and better) among them
+    assert {(i["family"], i["width"], i["recipe"]) for i in plan["reference"]} >= {
+        ("cnn", 1.0, "seed"),
+        ("cnn", 1.0, "better"),
+    }
+    assert 1 <= rec["teacher_epochs"] < 40 and 1 <= rec["student_epochs"] < 40  # calibrated to fit the window
+    n = len(plan["reference"]) + 1 + len(plan["students"])
+    assert len(rec["results"]) == n and all(x["exit"] == 0 for x in rec["results"])
+
+    shipped = [read_json(p / "summary.json") for p in out.iterdir()]
+    assert len(shipped) == n and all(s["status"] == "completed" and s["weights"] == "weights_fp16.pt" for s in shipped)
+    teacher = next(s for s in shipped if s["recipe"] == "strong")
+    students = [s for s in shipped if s["distilled"]]
+    assert len(students) == 7 and {s["teacher"] for s in students} == {teacher["run_id"]}
+    fit = next(s for s in students if s["width"] == beyond.largest_width_under("mobilenet"))
+    assert (out / fit["run_id"] / "weights_fp16.pt").stat().st_size <= beyond.COURSE_BYTES
+    config = read_json(out / students[0]["run_id"] / "config.json")
+    assert config["distill"]["teachers"] == [teacher["run_id"]]  # a run id, not the trainer's folder
+    assert load_weights_file(out / teacher["run_id"] / "weights_fp16.pt")["model"]["family"] == "cnn"
+    text = log.read_text()
+    assert "calibration" in text and "teacher:" in text and "students: 7" in text
+
+    again = run_cli(*args, timeout=300)  # --out already holds every run: nothing is trained twice
+    assert again.returncode == 0 and "nothing to do" in again.stderr
