@@ -153,3 +153,28 @@ def test_train_page_refuses_a_missing_data_path_before_starting(synthetic_env, t
     next(b for b in at.button if b.label == "Start").click().run()
     assert any("nowhere.csv does not exist" in e.value for e in at.error)
     assert list_jobs() == []
+
+
+def test_train_page_queues_a_distillation_with_the_chosen_recipe_and_teacher(two_runs, synthetic_env, monkeypatch):
+    import json
+
+    from fer_core.jobs import item_config
+
+    monkeypatch.setenv("FER_RUNS", str(two_runs))
+    at = app("pages/1_Train.py").run()
+    at.multiselect[0].set_value(["mobilenet"]).run()
+    at.radio[0].set_value("widths").run()
+    next(t for t in at.text_input if t.label.startswith("widths")).set_value("0.25").run()
+    next(s for s in at.selectbox if s.label == "recipe").set_value("distill").run()
+    assert any("distillation at T=4" in c.value for c in at.caption)  # the recipe says what it does
+    teacher = next(m for m in at.multiselect if m.label.startswith("teachers"))
+    cnn = next(o for o in teacher.options if "cnn" in o)
+    teacher.set_value([cnn.split(" · ")[-1]]).run()
+    _no_exception(at)
+    monkeypatch.setattr("fer_core.jobs.subprocess.Popen", lambda *a, **k: None)  # queue it, train nothing
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert any("started" in s.value for s in at.success), [e.value for e in at.error]
+    cfg = item_config(list_jobs()[0]["items"][0])
+    assert cfg["recipe"] == "distill" and cfg["distill"]["alpha"] == 0.9
+    assert len(cfg["distill"]["teachers"]) == 1 and cfg["distill"]["teachers"][0].startswith("cnn-w0.1")
+    assert json.loads(json.dumps(cfg)) == cfg  # the queued training is one plain JSON config
