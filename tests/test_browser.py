@@ -108,6 +108,13 @@ def page(server, tmp_path_factory):
         browser.close()
 
 
+#: true once the camera widget's video element is playing real frames
+CAMERA_PLAYING = """() => {
+    const v = document.querySelector("[data-testid='stCameraInput'] video");
+    return !!v && !v.paused && v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0;
+}"""
+
+
 def _settle(page, timeout=60_000):
     """Wait until Streamlit has finished running the script."""
     page.wait_for_selector("[data-testid='stApp']", timeout=timeout)
@@ -148,7 +155,8 @@ def test_the_whole_path_in_a_real_browser(server, page):
             break
         time.sleep(1)
     assert len(done) == 2
-    time.sleep(3)  # the jobs fragment refreshes every 2 s
+    # the jobs fragment re-reads the store every 2 s: wait until it shows both trainings done
+    page.wait_for_function("document.body.innerText.split('· done').length - 1 >= 2", timeout=60_000)
     page.screenshot(path=str(SHOTS / "train-jobs.png"))
 
     page.goto(f"{url}/Compare")
@@ -160,11 +168,14 @@ def test_the_whole_path_in_a_real_browser(server, page):
 
     page.goto(f"{url}/Try_it")
     _settle(page)
+    # a click before the fake camera streams captures nothing: wait for its video to play frames
+    page.wait_for_function(CAMERA_PLAYING, timeout=60_000)
     page.get_by_role("button", name="Take Photo").click()
     page.get_by_text("Face 1").wait_for(timeout=60_000)
-    page.wait_for_timeout(1000)
-    page.screenshot(path=str(SHOTS / "try-it.png"))
-    assert page.locator(".js-plotly-plot").count() == 2  # one probability chart per model
+    # one probability chart per model, drawn once Plotly has laid them out
+    drawn = "[...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg')).length"
+    page.wait_for_function(f"{drawn} >= 2", timeout=30_000)
+    assert page.locator(".js-plotly-plot").count() == 2
     page.screenshot(path=str(SHOTS / "try-it.png"))
 
     page.goto(url)
