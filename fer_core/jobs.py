@@ -127,14 +127,13 @@ def run_configs(
     out: str | Path | None = None,
     quiet: bool = True,
     on_done: Callable[[Job], None] | None = None,
-    config_dir: Path | None = None,
 ) -> list[Job]:
     """Train ``cfgs`` in child processes, ``parallel`` at a time, each from its own config file; returns the
     jobs (``tag["config"]`` is the config) with their exit codes and run folders."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fer-configs-") as tmp:
-        files = write_configs(cfgs, config_dir or Path(tmp))
+        files = write_configs(cfgs, Path(tmp))
         jobs = [Job(train_command(f, out, quiet), tag={"config": c}) for f, c in zip(files, cfgs)]
         return run_all(jobs, parallel, quiet=quiet, on_done=on_done)
 
@@ -157,7 +156,7 @@ def submit(cfgs: list[RunConfig], parallel: int = 1, title: str = "") -> str:
     """
     if not cfgs:
         raise FerError("nothing to train: the plan is empty")
-    for i, cfg in enumerate(cfgs):
+    for i, cfg in enumerate(cfgs):  # before the job folder exists: a bad plan leaves nothing behind
         cfg.validate(where=f"training {i + 1}")
     jid = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     d = jobs_dir() / jid

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .config import RunConfig
+from .config import RunConfig, apply_recipe
 from .errors import FerError
 from .models import count_params, list_models, solve_width
 
@@ -52,8 +52,6 @@ def costs(item: dict) -> dict:
 
 def configs(items: list[dict], base: RunConfig) -> list[RunConfig]:
     """One RunConfig per planned item: ``base`` with the item's family, width, budget, seed (and recipe)."""
-    from .config import apply_recipe
-
     out = []
     for it in items:
         cfg = base.copy()

@@ -54,21 +54,15 @@ def options_ui(gpu: bool) -> RunConfig:
         cfg.data.limit = int(c3.number_input("limit training images (0 = all)", 0, 10_000_000, 0)) or None
         cfg.train.device = c4.selectbox("device", ["auto", "cpu", "cuda"])
     with st.expander("Distillation: learn from trained teachers", expanded=recipe == "distill"):
+        trained = {m["run_id"]: m["label"] for m in available_models()}
         teachers = st.multiselect(
-            "teachers (frozen; several = their averaged soft targets)",
-            [m["run_id"] for m in _trained()],
-            format_func=lambda rid: next(m["label"] for m in _trained() if m["run_id"] == rid),
+            "teachers (frozen; several = their averaged soft targets)", list(trained), format_func=trained.get
         )
         c1, c2 = st.columns(2)
         cfg.distill.temperature = c1.number_input("temperature", 0.5, 20.0, float(cfg.distill.temperature))
         cfg.distill.alpha = c2.slider("alpha (weight of the teacher's term)", 0.0, 1.0, float(cfg.distill.alpha))
         cfg.distill.teachers = teachers
     return cfg
-
-
-@st.cache_data(ttl=10, show_spinner=False)
-def _trained() -> list[dict]:
-    return available_models()
 
 
 def plan_table(items: list[dict]) -> pd.DataFrame:
