@@ -13,7 +13,7 @@ With ``--fit-in`` every configuration first trains 3 epochs all at once (under f
 student epochs are then scaled down together, with a 0.7 margin, until both phases fit. The most valuable
 students start first when ``--parallel`` is lower than their number. Finished runs are exported to the
 output folder at once (fp16 weights, lineage rewritten to run ids), so a cut keeps everything that
-finished; ``--skip-done`` then trains only what the output folder lacks. A progress log is written to
+finished, and the next call trains only what the output folder lacks. A progress log is written to
 ``--log``. Nothing here imports streamlit, plotly or Ray: it runs on a bare GPU machine.
 """
 
@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 from . import NUM_CLASSES
-from .config import RunConfig, apply_recipe
+from .config import RunConfig
 from .errors import FerError
 from .jobs import Job, run_configs
 from .models import count_params, create_model, solve_width
-from .reference import SEED_MOBILENET_PARAMS, calibrate, export_run
+from .reference import SEED_MOBILENET_PARAMS, calibrate, export_run, study_configs
 from .reference import plan as reference_plan
 from .runs import Run, atomic_torch_save, read_json, weights_payload
 
@@ -47,8 +47,7 @@ def largest_width_under(family: str, limit_bytes: int = COURSE_BYTES) -> float:
     from .models.stats import state_dict_half
 
     def size(width: float) -> int:
-        with torch.no_grad():
-            model = create_model(family, width)
+        model = create_model(family, width)
         payload = weights_payload(
             state_dict_half(model.state_dict()),
             {"family": family, "width": width, "num_classes": NUM_CLASSES, "dropout": 0.5},
@@ -143,26 +142,20 @@ def plan(out: Path, reference_from: Path | None = None) -> dict:
 
 
 def _configs(items: list[dict], base: RunConfig, epochs: int, teacher: str | None = None) -> list[RunConfig]:
-    out = []
-    for it in items:
-        cfg = base.copy()
-        apply_recipe(cfg, it["recipe"])
-        cfg.model.family, cfg.model.width, cfg.model.budget = it["family"], float(it["width"]), None
-        cfg.train.seed, cfg.train.epochs = it["seed"], epochs
+    """The items as configs (each with its own recipe); students learn from ``teacher``."""
+    cfgs = study_configs(items, epochs, base)
+    for cfg, it in zip(cfgs, items):
         cfg.distill.teachers = [teacher] if teacher and it["role"] == "student" else []
-        out.append(cfg)
-    return out
+    return cfgs
 
 
 def _stand_in_teacher(folder: Path) -> str:
     """An untrained teacher-sized weights file: students' calibration epochs cost what the real ones will."""
-    import torch
-
     model = create_model(TEACHER["family"], TEACHER["width"])
     path = Path(folder) / "stand-in-teacher.pt"
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        atomic_torch_save(path, weights_payload(state, {"family": TEACHER["family"], "width": TEACHER["width"]}))
+    atomic_torch_save(
+        path, weights_payload(model.state_dict(), {"family": TEACHER["family"], "width": TEACHER["width"]})
+    )
     return str(path)
 
 

@@ -211,8 +211,10 @@ def cmd_train(args) -> int:
         if args.print_config:
             sys.stdout.write(cfg.to_json())
             return 0
-        run = Run.create(cfg.model.family, cfg.model.width, cfg.train.seed, root=args.out or runs_dir())
-    summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=bool(args.resume))
+        run = None
+    root = Path(args.out) if args.out else runs_dir()
+    summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=bool(args.resume), root=root)
+    run = run or Run(root / summary["run_id"])
     if args.json:
         _print_json(summary)
     else:

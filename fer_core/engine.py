@@ -130,9 +130,9 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         src, dst = model.state_dict(), self.model.state_dict()
         floats = [k for k, v in dst.items() if v.is_floating_point()]
+        counters = [k for k in dst if k not in set(floats)]  # BatchNorm's batch counters: copied, not averaged
         self._dst_f, self._src_f = [dst[k] for k in floats], [src[k] for k in floats]
-        self._dst_i = [v for k, v in dst.items() if k not in floats]  # counters: copied, not averaged
-        self._src_i = [src[k] for k in dst if k not in floats]
+        self._dst_i, self._src_i = [dst[k] for k in counters], [src[k] for k in counters]
 
     @torch.no_grad()
     def update(self) -> None:
@@ -228,7 +228,8 @@ class Step:
         ema: EMA | None = None,
     ):
         self.model, self.opt, self.x_all, self.y_all = model, optimizer, x_all, y_all
-        self.cfg, self.device, self.teachers, self.ema = cfg, device, teachers, ema
+        self.cfg, self.device, self.ema = cfg, device, ema
+        self.teachers = teachers if cfg.distill.alpha > 0 else None  # a term of weight 0 needs no forward pass
         self.mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)

@@ -188,7 +188,7 @@ class _Trainer:
     images: int = 0
 
 
-def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool) -> _Trainer:
+def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, root: Path | None) -> _Trainer:
     """Validate, load lineage and data, build the model and put the data on the device."""
     t_start = time.time()
     cfg.validate()
@@ -209,8 +209,8 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool) 
         model.load_state_dict(init.model.state_dict())
     stats = model_stats(model)
     model = model.to(device).to(memory_format=memory_format(device))
-    if run is None:
-        run = Run.create(cfg.model.family, cfg.model.width, cfg.train.seed)
+    if run is None:  # only now: a bad teacher, init run or data path leaves no empty run folder behind
+        run = Run.create(cfg.model.family, cfg.model.width, cfg.train.seed, root=root)
     if not resume or read_json(run.config_file) is None:
         atomic_write_json(run.config_file, cfg.to_dict())
     t = cfg.train
@@ -369,17 +369,16 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
     emit({"type": "epoch", "run_id": tr.run.run_id, "epochs": cfg.train.epochs, "best_public_acc": best, **row})
 
 
-def _evaluate_selected(tr: _Trainer, state: dict) -> dict[str, Evaluation]:
-    """Public and private accuracy of the selected weights, plain and with flip test-time augmentation."""
+def _evaluate_selected(tr: _Trainer, state: dict, flip_tta: bool = False) -> dict[str, Evaluation]:
+    """Public and private accuracy of a set of weights (and with flip test-time augmentation, if asked)."""
     tr.model.load_state_dict(state)
     b = tr.cfg.train.eval_batch_size
     x_priv, y_priv = (torch.from_numpy(np.ascontiguousarray(a)) for a in tr.data.split("private"))
-    return {
-        "public": evaluate(tr.model, *tr.x["public"], b),
-        "private": evaluate(tr.model, x_priv, y_priv, b),  # the private split's one reading
-        "public_tta": evaluate(tr.model, *tr.x["public"], b, flip_tta=True),
-        "private_tta": evaluate(tr.model, x_priv, y_priv, b, flip_tta=True),
-    }
+    out = {"public": evaluate(tr.model, *tr.x["public"], b), "private": evaluate(tr.model, x_priv, y_priv, b)}
+    if flip_tta:
+        out["public_tta"] = evaluate(tr.model, *tr.x["public"], b, flip_tta=True)
+        out["private_tta"] = evaluate(tr.model, x_priv, y_priv, b, flip_tta=True)
+    return out
 
 
 def _finish(tr: _Trainer, epoch: int) -> dict:
@@ -388,8 +387,8 @@ def _finish(tr: _Trainer, epoch: int) -> dict:
     candidates = {"raw": tr.best} | ({"ema": tr.best_ema} if tr.ema is not None else {})
     results = {name: _evaluate_selected(tr, b.state) for name, b in candidates.items()}
     chosen = max(candidates, key=lambda name: (results[name]["public"].accuracy, name == "raw"))
-    ev, best = results[chosen], candidates[chosen]
-    tr.model.load_state_dict(best.state)
+    best = candidates[chosen]
+    ev = _evaluate_selected(tr, best.state, flip_tta=True)  # leaves the chosen weights in the model
     state_cpu = {k: v.detach().cpu().contiguous() for k, v in tr.model.state_dict().items()}
     model_cfg = {"family": cfg.model.family, "width": cfg.model.width, "num_classes": NUM_CLASSES}
     payload = weights_payload(
@@ -441,6 +440,7 @@ def fit(
     run: Run | None = None,
     data: FerData | None = None,
     resume: bool = False,
+    root: Path | None = None,
 ) -> dict:
     """Train one model as ``cfg`` says, recording everything in ``run`` (a new run folder if None).
 
@@ -448,12 +448,13 @@ def fit(
         cfg: the run's configuration (validated first; saved as config.json).
         on_event: called with plain dicts: ``{"type": "start"|"epoch"|"end", ...}`` (progress bars).
         run: the run folder; with ``resume=True`` its checkpoint is continued.
+        root: where a new run folder is made when ``run`` is None (default: ``$FER_RUNS`` or results/runs).
         data: already loaded data (else loaded from ``cfg.data.data``).
     Returns:
         The run's final summary.
     """
     emit = on_event or (lambda e: None)
-    tr = _setup(cfg, data, run, resume)
+    tr = _setup(cfg, data, run, resume, root)
     ck = _load_checkpoint(tr) if resume else None
     _build_step(tr)
     if ck is not None:

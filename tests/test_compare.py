@@ -83,6 +83,18 @@ def test_compare_cli_prints_the_same_gap(tmp_path):
     assert [r["params"] for r in doc["pareto_frontier"]["cnn/fer2013"]] == [10_000, 1_000_000]
 
 
+def test_gap_compares_plain_runs_of_one_recipe_only():
+    distilled = [
+        dict(r, run_id=r["run_id"] + "d", teacher="c2", private_acc=0.99) for r in RUNS if r["family"] == "mobilenet"
+    ]
+    better = [
+        dict(r, run_id=r["run_id"] + "b", recipe="better", private_acc=0.01) for r in RUNS if r["family"] == "cnn"
+    ]
+    gap = matched_budget_gap(_df(RUNS + distilled + better))
+    assert gap[["data", "recipe"]].values.tolist() == [["fer2013", "seed"]]  # better has no MobileNet to match
+    assert gap.iloc[0]["gap_mean"] == pytest.approx(0.06)  # the distilled MobileNets changed nothing
+
+
 def test_gap_is_computed_per_data_source():
     synthetic = [dict(r, data="synthetic", private_acc=0.9) for r in RUNS if r["family"] == "mobilenet"]
     gap = matched_budget_gap(_df(RUNS + synthetic))
