@@ -73,6 +73,8 @@ def home() -> None:
     if not df.empty:
         fer = df["data"] == "fer2013"
         shown = df[fer] if fer.any() else df
+        variants = int((shown["format"] != "torch").sum())
+        shown = shown[shown["format"] == "torch"]  # on a parameters axis a variant sits on its parent
         src = "FER2013" if fer.any() else ", ".join(sorted(df["data"].unique()))
         st.subheader(f"Accuracy against parameters · {src}")
         st.plotly_chart(scatter(shown, "params", "public_acc"), config=PNG_CONFIG)
@@ -82,6 +84,7 @@ def home() -> None:
             f"{len(done)} completed runs ({ref} shipped reference runs), "
             f"{int((shown['status'] == 'running').sum())} running. "
             "Open markers are runs still training (best public accuracy so far)."
+            + (f" {variants} deployable ONNX variants are on the Compare page (x axis: bytes)." if variants else "")
         )
     if df.empty or not (df["source"] == "user").any():
         quick_demo_ui(data)

@@ -107,7 +107,7 @@ def completed(folder: Path) -> dict[tuple, Path]:
     out = {}
     for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         s = read_json(p / "summary.json") or {}
-        if s.get("status") == "completed":
+        if s.get("status") == "completed" and not s.get("derived_from"):  # trained runs, not their ONNX variants
             out[_key(s["family"], s["width"], s["seed"], s.get("recipe", "seed"), s.get("distilled", False))] = p
     return out
 
@@ -115,7 +115,11 @@ def completed(folder: Path) -> dict[tuple, Path]:
 def reference_epochs(folder: Path) -> int | None:
     """The epoch count of the reference runs already in ``folder`` (the study's runs must match it)."""
     summaries = [read_json(p / "summary.json") or {} for p in Path(folder).iterdir()] if Path(folder).is_dir() else []
-    counts = {s["epochs"] for s in summaries if s.get("recipe") in ("seed", "better") and not s.get("distilled")}
+    counts = {
+        s["epochs"]
+        for s in summaries
+        if s.get("recipe") in ("seed", "better") and not s.get("distilled") and not s.get("derived_from")
+    }
     if len(counts) > 1:
         raise FerError(
             f"{folder} holds reference runs of several epoch counts {sorted(counts)}: give --reference-epochs"

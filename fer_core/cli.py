@@ -342,8 +342,43 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    from .deploy import FORMATS, export_variants
+    from .runs import iter_runs, reference_dir
+
+    refs = list(args.runs)
+    if args.all_reference:
+        refs += [r.run_id for r in iter_runs([reference_dir()]) if not r.summary().get("derived_from")]
+    if not refs:
+        raise FerError("export-onnx needs RUN arguments or --all-reference")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) or FORMATS
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    done, failed = [], []
+    for ref in refs:
+        try:
+            done += export_variants(
+                ref,
+                formats,
+                data=args.data,
+                out=args.out,
+                calibration_images=args.calibration_images,
+                force=args.force,
+                say=say,
+            )
+        except FerError as e:  # one run's failure (a parity check, other data) does not stop the others
+            failed.append(ref)
+            print(f"error: {e}", file=sys.stderr)
+    if args.json:
+        from .runs import read_json
+
+        _print_json([{"path": str(p), **(read_json(p / "summary.json") or {})} for p in done])
+    if failed:
+        print(f"{len(failed)} of {len(refs)} runs not exported: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
+
+
 def cmd_compare(args) -> int:
-    from .compare import matched_budget_gap, pareto_frontier, runs_frame
+    from .compare import matched_budget_gap, pareto_frontier, runs_frame, variants_table
 
     df = runs_frame()
     if not df.empty:
@@ -363,6 +398,7 @@ def cmd_compare(args) -> int:
         "runs": int(len(done)),
         "matched_budget_gap": gap.to_dict("records") if gap is not None else [],
         "pareto_frontier": fronts,
+        "variants": variants_table(done).to_dict("records") if not done.empty else [],
     }
     if args.json:
         _print_json(out)
@@ -371,6 +407,13 @@ def cmd_compare(args) -> int:
     if gap is not None and not gap.empty:
         print("\nmatched-budget gap (mobilenet minus cnn at equal parameters):")
         print(gap.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if out["variants"]:
+        print("\ndeployable variants (deltas against the same network in fp32; speed-up against its torch model):")
+        for v in out["variants"]:
+            print(
+                f"  {v['run_id']:<56} {v['bytes']:>10,} B  public {v['public_delta']:+.4f}  "
+                f"private {v['private_delta']:+.4f}  {v['latency_ms_cpu']:.3f} ms ({v['speedup_vs_torch']:.1f}x)"
+            )
     for family, rows in fronts.items():
         print(f"\n{family} Pareto frontier ({args.x} vs {args.y}):")
         for r in rows:
@@ -430,7 +473,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from .data import load
-    from .evaluation import evaluate
+    from .evaluation import evaluate, evaluate_logits
     from .loading import load_model
 
     lm = load_model(args.run)
@@ -448,9 +491,14 @@ def cmd_eval(args) -> int:
             file=sys.stderr,
         )
     x, y = d.split(args.split)
-    ev = evaluate(lm.model, torch.from_numpy(x), torch.from_numpy(y))
+    if lm.runtime == "torch":
+        ev = evaluate(lm.model, torch.from_numpy(x), torch.from_numpy(y))
+    else:
+        ev = evaluate_logits(torch.from_numpy(lm.model.logits(x)), y)
     out = {
         "model": lm.name,
+        "runtime": lm.runtime,
+        "format": lm.format,
         "family": lm.family,
         "width": lm.width,
         "data": d.name,
@@ -479,6 +527,9 @@ RUNS_JSON_KEYS = [
     "bytes_fp16",
     "macs",
     "latency_ms_cpu",
+    "format",
+    "bytes",
+    "derived_from",
     "public_acc",
     "private_acc",
     "best_public_acc",
@@ -536,7 +587,10 @@ def cmd_predict(args) -> int:
     from .inference import predict
     from .loading import load_model
 
-    models = [load_model(r) for r in args.runs]
+    models = [load_model(r, runtime=args.runtime) for r in args.runs]
+    for m in models:
+        if m.runtime_note:
+            print(f"note: {m.name} runs on torch: {m.runtime_note}", file=sys.stderr)
     res = predict(args.image, models, whole_image=args.whole_image)
     if args.json:
         _print_json({"image": str(args.image), **res.to_dict()})
@@ -670,8 +724,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", choices=["fp16", "fp32", "none"], default="fp16", help="(default: fp16)")
     s.set_defaults(func=cmd_export)
 
+    s = sub.add_parser("export-onnx", help="ONNX fp32/fp16/int8 variants of runs, as derived runs beside them")
+    s.add_argument("runs", nargs="*", metavar="RUN", help="run ids or folders")
+    s.add_argument("--all-reference", action="store_true", help="every shipped reference run")
+    s.add_argument("--formats", default="fp32,fp16,int8", help="a comma-separated subset (default: fp32,fp16,int8)")
+    s.add_argument("--data", default=None, help="the parents' data: evaluation, int8 calibration (default: found)")
+    s.add_argument("--out", default=None, help="where the derived runs go (default: beside each parent)")
+    s.add_argument(
+        "--calibration-images", type=int, default=512, help="training images that calibrate int8 (default: 512)"
+    )
+    s.add_argument("--force", action="store_true", help="redo variants that exist (default: keep them)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export_onnx)
+
     s = sub.add_parser("compare", help="the matched-budget gap and Pareto frontiers the Compare page shows")
-    s.add_argument("--x", default="params", choices=["params", "bytes_fp16", "bytes_fp32", "macs", "latency_ms_cpu"])
+    s.add_argument(
+        "--x", default="params", choices=["params", "bytes", "bytes_fp16", "bytes_fp32", "macs", "latency_ms_cpu"]
+    )
     s.add_argument("--y", default="private_acc", choices=["public_acc", "private_acc"])
     s.add_argument("--data", default=None, help="only runs on this data (fer2013, synthetic, custom)")
     s.add_argument("--recipe", default=None, help="only runs of this recipe")
@@ -711,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run ids, run folders or weights files")
     s.add_argument("--whole-image", action="store_true", help="treat the whole image as one face")
+    s.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="auto: ONNX Runtime when installed (faster on the CPU), else torch (default: auto)",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 

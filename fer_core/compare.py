@@ -15,6 +15,7 @@ from .runs import lineage_text
 #: What the scatters can put on the x axis: column -> axis title (log scale for all).
 X_AXES = {
     "params": "trainable parameters",
+    "bytes": "file size on disk (bytes; ONNX variants at their own size)",
     "bytes_fp16": "saved size, fp16 (bytes)",
     "bytes_fp32": "saved size, fp32 (bytes)",
     "macs": "multiply-accumulates per image",
@@ -38,6 +39,9 @@ def runs_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
     if "best_public_acc" in df.columns:
         df.loc[live, "public_acc"] = df.loc[live, "best_public_acc"]
     df["data"] = df["data"].fillna("unknown")
+    df["format"] = df["format"].fillna("torch") if "format" in df else "torch"
+    if "bytes_fp16" in df:
+        df["bytes"] = df["bytes"].fillna(df["bytes_fp16"]) if "bytes" in df else df["bytes_fp16"]
     df["lineage_kind"] = [lineage_kind(r) for _, r in df.iterrows()]
     return df
 
@@ -73,7 +77,9 @@ def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobil
     Like is compared with like: separately for each data source and each recipe (a synthetic run is never
     compared with a FER2013 one, nor a ``better`` run with a ``seed`` one), and on plain runs only: a distilled
     or fine-tuned run learnt from another model, so it answers a different question (the Compare page and
-    the report show those against their teachers instead).
+    the report show those against their teachers instead). ONNX variants are left out too: each is its
+    parent in another number format, so it would count one trained network twice; what a format costs is
+    in :func:`variants_table`, parent against variant.
 
     Returns one row per (data, recipe, width of ``a``).
     """
@@ -86,6 +92,8 @@ def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobil
     if "lineage_kind" not in d:
         d["lineage_kind"] = [lineage_kind(r) for _, r in d.iterrows()]
     d = d[d["lineage_kind"] == "plain"]
+    if "format" in d:
+        d = d[d["format"].fillna("torch") == "torch"]
     parts = [_gap_one_source(g, y, a, b).assign(data=k[0], recipe=k[1]) for k, g in d.groupby(keys)]
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -135,6 +143,64 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("params").reset_index(drop=True) if rows else pd.DataFrame(rows)
 
 
+VARIANT_COLUMNS = [
+    "parent",
+    "format",
+    "params",
+    "bytes",
+    "bytes_ratio",
+    "public_acc",
+    "public_delta",
+    "private_acc",
+    "private_delta",
+    "latency_ms_cpu",
+    "speedup_vs_torch",
+    "run_id",
+]
+
+
+def variants_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every ONNX variant beside its parent: bytes (and their ratio to the parent's fp16 state dict), accuracy
+    change against the same network in fp32 (evaluated in the same export), and CPU latency against the
+    parent's torch model timed in the same export."""
+    if df.empty or "derived_from" not in df:
+        return pd.DataFrame(columns=VARIANT_COLUMNS)
+    v = df[df["derived_from"].notna() & df["status"].eq("completed")]
+    if v.empty:
+        return pd.DataFrame(columns=VARIANT_COLUMNS)
+    parents = df.set_index("run_id")
+    rows = []
+    for _, r in v.iterrows():
+        p = parents.loc[r["derived_from"]] if r["derived_from"] in parents.index else None
+        pb = p["bytes"] if p is not None else np.nan
+        rows.append(
+            {
+                "parent": r["derived_from"],
+                "format": r["format"],
+                "params": r["params"],
+                "bytes": r["bytes"],
+                "bytes_ratio": r["bytes"] / pb if pb and pd.notna(pb) else np.nan,
+                "public_acc": r["public_acc"],
+                "public_delta": r["public_acc"] - _baseline(r, "public"),
+                "private_acc": r["private_acc"],
+                "private_delta": r["private_acc"] - _baseline(r, "private"),
+                "latency_ms_cpu": r["latency_ms_cpu"],
+                "speedup_vs_torch": r.get("torch_latency_ms_cpu", np.nan) / r["latency_ms_cpu"],
+                "run_id": r["run_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=VARIANT_COLUMNS).sort_values(["parent", "bytes"]).reset_index(drop=True)
+
+
+def _baseline(row, split: str) -> float:
+    """The accuracy a variant is measured against: its network in fp32 on the exporting CPU, else the parent's."""
+    for key in (f"fp32_{split}_acc", f"parent_{split}_acc"):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and pd.notna(v):
+            return float(v)
+    return np.nan
+
+
 def two_run_card(run_ids: list[str]) -> list[dict]:
     """Side by side: architecture print, params, bytes, public/private accuracy (the report's question 1)."""
     from .loading import load_model
@@ -160,7 +226,31 @@ def two_run_card(run_ids: list[str]) -> list[dict]:
                 "lineage": lineage_text(s),
                 "selected_weights": s.get("selected_weights", "raw"),
                 "data": s.get("data"),
-                "architecture": str(lm.model),
+                "format": lm.format,
+                "bytes": s.get("bytes") or s.get("bytes_fp16"),
+                "derived_from": s.get("derived_from"),
+                "architecture": lm.architecture,
             }
         )
     return cards
+
+
+def card_text(card: dict) -> str:
+    """One line of a two-run card's numbers (a variant has no state-dict sizes, only its file's bytes)."""
+
+    def num(key: str, unit: str) -> str | None:
+        v = card.get(key)
+        return f"{v:,} {unit}" if isinstance(v, (int, float)) else None
+
+    variant = card.get("format", "torch") != "torch"
+    parts = [
+        f"public {card['public_acc']:.4f}",
+        num("params", "params"),
+        num("state_values", "values with BatchNorm buffers"),
+        num("bytes", f"B {card['format']} file") if variant else num("bytes_fp16", "B fp16"),
+        num("bytes_fp32", "B fp32"),
+        num("macs", "MACs"),
+        num("epochs_done", "epochs"),
+        f"variant of {card['derived_from']}" if card.get("derived_from") else f"{card['selected_weights']} weights",
+    ]
+    return " · ".join(p for p in parts if p)

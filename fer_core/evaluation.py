@@ -69,8 +69,12 @@ def evaluate(
     model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, flip_tta: bool = False
 ) -> Evaluation:
     """Accuracy, mean loss and confusion matrix on a split (eval mode; optionally flip test-time augmentation)."""
-    logits = predict_logits(model, x_uint8, batch_size, flip_tta)
-    y = y.to(logits.device)
+    return evaluate_logits(predict_logits(model, x_uint8, batch_size, flip_tta), y)
+
+
+def evaluate_logits(logits: torch.Tensor, y) -> Evaluation:
+    """Accuracy, mean loss and confusion matrix from a split's logits (any model or runtime made them)."""
+    y = torch.as_tensor(y, dtype=torch.long).to(logits.device)
     loss = F.cross_entropy(logits, y).item() if len(y) else float("nan")
     pred = logits.argmax(1)
     cm = torch.bincount(y * NUM_CLASSES + pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)

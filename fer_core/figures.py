@@ -14,6 +14,8 @@ FAMILY_COLORS = {"mobilenet": "#1f77b4", "cnn": "#d62728"}
 DATA_SYMBOLS = {"fer2013": "circle", "synthetic": "diamond", "custom": "square"}
 #: runs that learnt from other runs get their own marker (whatever their data): star distilled, triangle fine-tuned
 LINEAGE_SYMBOLS = {"distilled": "star", "fine-tuned": "triangle-up", "distilled + fine-tuned": "star-triangle-up"}
+#: ONNX variants (derived runs) get their own marker: same network as the parent, another number format
+FORMAT_SYMBOLS = {"onnx-fp32": "square", "onnx-fp16": "hexagon", "onnx-int8": "x"}
 #: the download button of every figure saves a PNG at this scale
 PNG_CONFIG = {"toImageButtonOptions": {"format": "png", "scale": 2, "filename": "fer-lab"}, "displaylogo": False}
 
@@ -29,8 +31,10 @@ def _hover(df: pd.DataFrame, y: str) -> list[str]:
         status = "" if r.get("status") == "completed" else f" ({r.get('status')}, epoch {_fmt(r, 'epochs_done')})"
         out.append(
             f"<b>{r['family']} w{r['width']:g}</b>{status}<br>{Y_AXES.get(y, y)}: {_fmt(r, y, '{:.4f}')}"
-            f"<br>params {_fmt(r, 'params')} · fp16 {_fmt(r, 'bytes_fp16')} B · MACs {_fmt(r, 'macs')}"
-            f"<br>epochs {_fmt(r, 'epochs_done')}/{_fmt(r, 'epochs')} · seed {_fmt(r, 'seed')}"
+            f"<br>params {_fmt(r, 'params')} · {_fmt(r, 'bytes')} B ({r.get('format') or 'torch'}"
+            f"{' fp16 state dict' if (r.get('format') or 'torch') == 'torch' else ' file'}) · MACs {_fmt(r, 'macs')}"
+            + (f"<br>variant of {r['derived_from']}" if isinstance(r.get("derived_from"), str) else "")
+            + f"<br>epochs {_fmt(r, 'epochs_done')}/{_fmt(r, 'epochs')} · seed {_fmt(r, 'seed')}"
             f" · recipe {r.get('recipe') or '-'}<br>data {r.get('data')} · {r['run_id']}"
             + (f"<br>{r['lineage']}" if r.get("lineage_kind", "plain") != "plain" and r.get("lineage") else "")
         )
@@ -46,16 +50,24 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
     d = df.dropna(subset=[x, y]) if not df.empty else df
     if not d.empty and "lineage_kind" not in d:
         d = d.assign(lineage_kind="plain")
-    keys = ["family", "data", "lineage_kind", "_live"]
-    groups = d.assign(_live=d["status"].eq("running")).groupby(keys) if not d.empty else []
-    for (family, data, kind, live), g in groups:
-        symbol = LINEAGE_SYMBOLS.get(kind, DATA_SYMBOLS.get(data, "x")) + ("-open" if live else "")
+    if not d.empty and "format" not in d:
+        d = d.assign(format="torch")
+    keys = ["family", "data", "lineage_kind", "format", "_live"]
+    if not d.empty:
+        d = d.assign(_live=d["status"].eq("running"), format=d["format"].fillna("torch"))
+    groups = d.groupby(keys) if not d.empty else []
+    for (family, data, kind, fmt, live), g in groups:
+        symbol = FORMAT_SYMBOLS.get(fmt) or LINEAGE_SYMBOLS.get(kind, DATA_SYMBOLS.get(data, "x"))
+        symbol += "-open" if live else ""
         fig.add_trace(
             go.Scatter(
                 x=g[x],
                 y=g[y],
                 mode="markers",
-                name=f"{family} · {data}" + ("" if kind == "plain" else f" · {kind}") + (" · running" if live else ""),
+                name=f"{family} · {data}"
+                + ("" if kind == "plain" else f" · {kind}")
+                + ("" if fmt == "torch" else f" · {fmt}")
+                + (" · running" if live else ""),
                 marker={
                     "color": FAMILY_COLORS.get(family, "#7f7f7f"),
                     "symbol": symbol,
@@ -204,14 +216,17 @@ def export_png(fig, path, width: int = 1000, height: int = 560) -> None:
 
 
 def report_figures(df: pd.DataFrame, out_dir, data: str = "fer2013", y: str = "private_acc") -> list:
-    """The report's two scatters as PNG files: accuracy against parameters, and against fp16 bytes."""
+    """The report's two scatters as PNG files: accuracy against parameters, and against bytes on disk (trained
+    runs at their fp16 state dict's size, ONNX variants at their file's)."""
     from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = df[(df["data"] == data) & (df["status"] == "completed")]
+    if "bytes" not in d:  # a table from before deployable variants: trained runs only, at their fp16 size
+        d = d.assign(bytes=d["bytes_fp16"])
     written = []
-    for x, name in (("params", "accuracy_vs_params.png"), ("bytes_fp16", "accuracy_vs_bytes.png")):
+    for x, name in (("params", "accuracy_vs_params.png"), ("bytes", "accuracy_vs_bytes.png")):
         fig = scatter(d, x, y, title=f"{Y_AXES[y]} against {X_AXES[x]} · {data} · {len(d)} runs")
         export_png(fig, out / name)
         written.append(out / name)

@@ -41,6 +41,7 @@ class ModelPrediction:
     label: str  # the most probable expression
     probabilities: dict[str, float]  # every expression, summing to 1
     ms: float  # this model's time for all faces of the image
+    runtime: str = "torch"  # what computed it: "torch" or "onnxruntime"
 
 
 @dataclass
@@ -73,6 +74,7 @@ class PredictResult:
                             "label": p.label,
                             "probabilities": {k: round(v, 5) for k, v in p.probabilities.items()},
                             "ms": round(p.ms, 3),
+                            "runtime": p.runtime,
                         }
                         for p in f.predictions
                     ],
@@ -128,8 +130,15 @@ def _cascade():
     return c
 
 
-def detect_faces(gray: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in ``gray``'s pixels, largest first, found on a downscaled copy."""
+def detect_faces(
+    gray: np.ndarray, max_side: int = DETECT_MAX_SIDE, sizes: tuple[int, int] | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h) in ``gray``'s pixels, largest first, found on a downscaled copy.
+
+    Args:
+        sizes: (smallest, largest) face side to look for, in ``gray``'s pixels (default: from 12% of the
+            shorter side up); a narrower range searches fewer scales (the live path knows its faces' sizes).
+    """
     import cv2
 
     h, w = gray.shape
@@ -137,8 +146,15 @@ def detect_faces(gray: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[tupl
     small = cv2.resize(gray, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else gray
     small = cv2.equalizeHist(small)
     min_face = max(20, int(min(small.shape) * 0.12))
+    max_face = min(small.shape)
+    if sizes:
+        min_face, max_face = max(20, int(sizes[0] * s)), max(21, min(max_face, int(sizes[1] * s)))
     found = _cascade().detectMultiScale(
-        small, scaleFactor=1.1, minNeighbors=MIN_NEIGHBORS, minSize=(min_face, min_face)
+        small,
+        scaleFactor=1.1,
+        minNeighbors=MIN_NEIGHBORS,
+        minSize=(min_face, min_face),
+        maxSize=(max_face, max_face),
     )
     boxes = [tuple(int(round(v / s)) for v in b) for b in (found if len(found) else [])]
     return sorted(boxes, key=lambda b: -b[2] * b[3])
@@ -160,7 +176,7 @@ def classify(crops: np.ndarray, models: list[LoadedModel]) -> list[list[ModelPre
     per_face: list[list[ModelPrediction]] = [[] for _ in range(len(crops))]
     for lm in models:
         t = time.perf_counter()
-        probs = torch.softmax(lm.model(x).float(), 1).numpy()
+        probs = torch.softmax(lm.model(x).float(), 1).numpy()  # a torch module or an ONNX Runtime session
         ms = (time.perf_counter() - t) * 1000
         for i, p in enumerate(probs):
             per_face[i].append(
@@ -169,6 +185,7 @@ def classify(crops: np.ndarray, models: list[LoadedModel]) -> list[list[ModelPre
                     label=EMOTIONS[int(p.argmax())],
                     probabilities={e: float(v) for e, v in zip(EMOTIONS, p)},
                     ms=ms,
+                    runtime=lm.runtime,
                 )
             )
     return per_face

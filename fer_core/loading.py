@@ -7,6 +7,7 @@ state dict is matched against every registered family by its tensor shapes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,20 @@ class LoadedModel:
     name: str  # what to call it on screen: the run id, or the weights file's name
     family: str
     width: float
-    model: nn.Module  # eval mode, float32, on the CPU unless moved
+    model: Callable  # normalised faces (N, 1, 48, 48) -> logits: the torch module, or an ONNX Runtime session
     run_id: str | None = None
     source: str = "file"  # "user", "reference" or "file"
     summary: dict = field(default_factory=dict)
+    runtime: str = "torch"  # what computes the logits: "torch" or "onnxruntime"
+    format: str = "torch"  # what was loaded: "torch" weights, or an ONNX variant ("onnx-int8", ...)
+    runtime_note: str | None = None  # why a model asked for ONNX Runtime is served by torch
+    torch_model: nn.Module | None = None  # the torch module, when there is one (architecture, teachers)
+
+    @property
+    def architecture(self) -> str:
+        if self.torch_model is not None:
+            return str(self.torch_model)
+        return f"{self.format} file ({self.model.source}), run by ONNX Runtime"
 
 
 def _infer_arch(state: dict) -> tuple[str, float]:
@@ -57,16 +68,32 @@ def _infer_arch(state: dict) -> tuple[str, float]:
     raise FerError("weights do not match any registered family at any width (see `python -m fer_core models`)")
 
 
-def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a run (id or folder) or a weights file into an eval-mode model."""
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def load_model(ref: str | Path, device: str = "cpu", runtime: str = "torch") -> LoadedModel:
+    """Load a run (id or folder), a weights file or an ONNX file into a ready model.
+
+    Args:
+        runtime: "torch" gives the torch module (training, teachers); "auto" serves a trained run through
+            ONNX Runtime (exported in memory, checked against torch) when onnxruntime is installed and
+            ``device`` is the CPU, and falls back to torch otherwise (``runtime_note`` says why); "onnx"
+            insists on ONNX Runtime. ONNX variants (derived runs, .onnx files) always run on ONNX Runtime.
+    """
+    if runtime not in RUNTIMES:
+        raise FerError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
     p = Path(ref)
     run: Run | None = None
     if p.is_file():
+        if p.suffix.lower() == ".onnx":
+            return _load_onnx(p, Run(p.parent) if (p.parent / "summary.json").is_file() else None)
         payload = load_weights_file(p)
         if (p.parent / "summary.json").is_file():
             run = Run(p.parent)
     else:
         run = find_run(str(ref))
+        if (run.path / "model.onnx").is_file() and run.summary().get("derived_from"):
+            return _load_onnx(run.path / "model.onnx", run)
         if not run.weights_file.is_file():
             status = run.summary().get("status", "unknown")
             raise FerError(f"run {run.run_id} has no weights file (status: {status}); it may not have finished")
@@ -84,31 +111,107 @@ def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
         first = str(e).splitlines()[0]
         raise FerError(f"{ref}: the weights do not fit a {family} of width {width:g} ({first})") from None
     model.eval().to(device)
-    source = "file"
-    if run is not None:
-        source = "reference" if run.path.parent.resolve() == reference_dir().resolve() else "user"
-    return LoadedModel(
+    lm = LoadedModel(
         name=run.run_id if run else p.name,
         family=family,
         width=width,
         model=model,
         run_id=run.run_id if run else None,
-        source=source,
+        source=_source(run),
         summary=run.summary() if run else {},
+        torch_model=model,
+    )
+    if runtime != "torch":
+        use_onnxruntime(lm, device, insist=runtime == "onnx")
+    return lm
+
+
+def _source(run: Run | None) -> str:
+    if run is None:
+        return "file"
+    return "reference" if run.path.parent.resolve() == reference_dir().resolve() else "user"
+
+
+def _load_onnx(path: Path, run: Run | None) -> LoadedModel:
+    """An ONNX variant: family and width from its run's summary or the file's own metadata."""
+    from .deploy import onnx_meta, ort_session
+
+    runner = ort_session(path)
+    meta = onnx_meta(path)
+    summary = run.summary() if run else {}
+    family = summary.get("family") or meta.get("family")
+    width = summary.get("width") or meta.get("width")
+    if family is None or width is None:
+        raise FerError(f"{path}: an ONNX file without FER Lab metadata (family, width): export it with export-onnx")
+    return LoadedModel(
+        name=run.run_id if run else path.name,
+        family=family,
+        width=float(width),
+        model=runner,
+        run_id=run.run_id if run else None,
+        source=_source(run),
+        summary=summary,
+        runtime="onnxruntime",
+        format=summary.get("format") or meta.get("variant") or "onnx",
     )
 
 
+#: A model served by ONNX Runtime must give the torch model's probabilities within this (fp32 export).
+SERVE_TOLERANCE = 1e-4
+
+
+def use_onnxruntime(lm: LoadedModel, device: str = "cpu", insist: bool = False) -> LoadedModel:
+    """Serve ``lm`` through an ONNX Runtime session of the same network (exported in memory, BatchNorm folded),
+    if onnxruntime is installed and the session gives torch's probabilities within ``SERVE_TOLERANCE``.
+
+    Otherwise torch keeps serving and ``lm.runtime_note`` says why (``insist``: raise a FerError instead)."""
+    import numpy as np
+
+    try:
+        if device != "cpu":
+            raise FerError(f"ONNX Runtime serves CPU models here, not {device}")
+        from .deploy import ort_session, parity, to_onnx
+
+        runner = ort_session(to_onnx(lm.model))
+        faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+        diff = parity(lm.model, runner, faces)["max_prob_diff"]
+        if diff > SERVE_TOLERANCE:
+            raise FerError(f"ONNX export differs from torch by {diff:.1e} in probability")
+    except Exception as e:  # any failure of the fast path leaves the torch model serving, and says why
+        msg = str(e) if isinstance(e, FerError) else f"ONNX export failed ({type(e).__name__}: {e})"
+        if insist:
+            raise FerError(f"{lm.name}: {msg}") from None
+        lm.runtime_note = msg
+        return lm
+    lm.model, lm.runtime = runner, "onnxruntime"
+    return lm
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def available_models() -> list[dict]:
-    """Every completed run with weights, shipped reference runs first, then by family and size."""
+    """Every completed run with weights or an ONNX file, shipped reference runs first, then by family, size
+    and format (each trained run before its variants). ``runtime`` says what will serve it."""
     from .runs import list_summaries
 
+    ort_ok = onnxruntime_available()
     rows = []
     for s in list_summaries():
         path = Path(s["path"])
-        if s.get("status") != "completed" or not any((path / n).is_file() for n in ("weights.pt", "weights_fp16.pt")):
+        files = ("weights.pt", "weights_fp16.pt", "model.onnx")
+        if s.get("status") != "completed" or not any((path / n).is_file() for n in files):
             continue
+        fmt = s.get("format") or "torch"
+        if fmt != "torch" and not ort_ok:
+            continue  # an ONNX variant cannot run without onnxruntime
+        runtime = "onnxruntime" if ort_ok else "torch"
         acc = s.get("public_acc")
         tag = " · synthetic" if s.get("data") == "synthetic" else ""
+        kind = "" if fmt == "torch" else f" · {fmt} {s.get('bytes') or 0:,} B"
         rows.append(
             {
                 "run_id": s["run_id"],
@@ -117,16 +220,22 @@ def available_models() -> list[dict]:
                 "family": s.get("family"),
                 "params": s.get("params") or 0,
                 "public_acc": acc,
-                "label": f"{'★ ' if s['source'] == 'reference' else ''}{s.get('family')} w{s.get('width', 0):g} · "
-                f"{(s.get('params') or 0) / 1000:.0f}k params · public {acc:.3f}{tag} · {s['run_id']}",
+                "format": fmt,
+                "runtime": runtime,
+                "label": f"{'★ ' if s['source'] == 'reference' else ''}{s.get('family')} w{s.get('width', 0):g}"
+                f"{kind} · {(s.get('params') or 0) / 1000:.0f}k params · public {acc:.3f}{tag} · {runtime} · "
+                f"{s['run_id']}",
             }
         )
-    return sorted(rows, key=lambda r: (r["source"] != "reference", r["family"] or "", r["params"]))
+    order = lambda r: (r["source"] != "reference", r["family"] or "", r["params"], r["format"] != "torch")
+    return sorted(rows, key=order)
 
 
 def default_models(models: list[dict]) -> list[dict]:
-    """What to preselect: each family's most accurate model (shipped ones preferred), smallest first."""
-    pool = [m for m in models if m["source"] == "reference"] or models
+    """What to preselect: each family's most accurate trained model (shipped ones preferred), smallest first;
+    ONNX variants are listed but not preselected (their parent is served by ONNX Runtime already)."""
+    trained = [m for m in models if m.get("format", "torch") == "torch"] or models
+    pool = [m for m in trained if m["source"] == "reference"] or trained
     best: dict[str, dict] = {}
     for m in pool:
         if m["family"] not in best or (m["public_acc"] or 0) > (best[m["family"]]["public_acc"] or 0):

@@ -97,7 +97,7 @@ def missing(items: list[dict], done_dir: Path, epochs: int) -> list[dict]:
     have = set()
     for run in Path(done_dir).iterdir() if Path(done_dir).is_dir() else []:
         s = read_json(run / "summary.json") or {}
-        if s.get("status") == "completed":
+        if s.get("status") == "completed" and not s.get("derived_from"):  # an ONNX variant trained nothing
             if s.get("epochs") != epochs:
                 raise FerError(
                     f"{run.name} trained {s.get('epochs')} epochs, not {epochs}: use --epochs {s.get('epochs')}"

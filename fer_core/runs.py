@@ -242,7 +242,9 @@ TABLE_COLUMNS = [
     "run_id",
     "family",
     "width",
+    "format",
     "params",
+    "bytes",
     "bytes_fp16",
     "macs",
     "public_acc",
@@ -254,16 +256,26 @@ TABLE_COLUMNS = [
     "data",
     "recipe",
     "source",
+    "derived_from",
 ]
 
 
 def table(dirs: list[Path] | None = None):
     """All runs as a pandas DataFrame (one row per run, the summary's flat fields as columns, and its
-    lineage as one line of text)."""
+    lineage as one line of text).
+
+    ``format`` is "torch" for a trained run and "onnx-fp32"/"onnx-fp16"/"onnx-int8" for a derived variant;
+    ``bytes`` is the size on disk of what would be deployed: the ONNX file of a variant, the fp16 state dict
+    (``torch.save``) of a trained run."""
     import pandas as pd
 
     rows = [
-        {**{k: v for k, v in s.items() if not isinstance(v, (dict, list))}, "lineage": lineage_text(s)}
+        {
+            **{k: v for k, v in s.items() if not isinstance(v, (dict, list))},
+            "lineage": lineage_text(s),
+            "format": s.get("format") or "torch",
+            "bytes": s.get("bytes") or s.get("bytes_fp16"),
+        }
         for s in list_summaries(dirs)
     ]
     df = pd.DataFrame(rows)
@@ -318,8 +330,10 @@ def weights_payload(state_dict: dict, model_cfg: dict, **meta) -> dict:
 
 
 def load_weights_file(path: Path) -> dict:
-    """Load a weights file safely: never runs pickled code; a file that is not plain data is refused."""
+    """Load a weights file safely: never runs pickled code; a file that is not plain data is refused, and a
+    damaged one (random bytes, cut short) is called that, not mistaken for an attack."""
     import pickle
+    import warnings
 
     import torch
 
@@ -327,17 +341,47 @@ def load_weights_file(path: Path) -> dict:
     if not path.is_file():
         raise FerError(f"{path}: weights file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise FerError(
-            f"{path}: refused: not a plain state dict (it holds pickled objects that could run code; "
-            f"nothing of it was executed). {first}"
-        ) from None
+        with warnings.catch_warnings():  # torch's remarks on a file's pickle protocol are not the user's business
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FerError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+        if isinstance(e, pickle.UnpicklingError) and ("GLOBAL" in str(e) or _names_code(path)):
+            raise FerError(
+                f"{path}: refused: not a plain state dict (it holds pickled objects that could run code; "
+                "nothing of it was executed)"
+            ) from None
+        raise FerError(f"{path}: not a valid weights file (damaged, cut short, or not a PyTorch file)") from None
     if isinstance(obj, dict) and obj.get("format") == WEIGHTS_FORMAT:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"format": None, "state_dict": obj, "model": None, "classes": list(EMOTIONS)}
     raise FerError(f"{path}: not a state dict (found {type(obj).__name__})")
+
+
+def _names_code(path: Path) -> bool:
+    """True if ``path`` is a well-formed pickle stream (or a zip holding one) that imports something.
+
+    Read with pickletools, which parses opcodes and executes nothing. Random or cut-short bytes fail to
+    parse and are reported as damaged, not as an attack.
+    """
+    import pickletools
+    import zipfile
+
+    data = path.read_bytes()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            pkl = [n for n in z.namelist() if n.endswith("data.pkl")]
+            data = z.read(pkl[0]) if pkl else b""
+    imports, pos = False, 0
+    try:
+        while pos < len(data):  # the legacy format is several pickles one after another
+            for op, _, end in pickletools.genops(data[pos:]):
+                imports |= op.name in ("GLOBAL", "STACK_GLOBAL", "INST")
+                if op.name == "STOP":
+                    pos += end + 1
+                    break
+            else:
+                return False
+    except Exception:
+        return False
+    return imports

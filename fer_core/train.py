@@ -467,7 +467,9 @@ def fit(
             _one_epoch(tr, epoch, emit)
     except (Cancelled, KeyboardInterrupt) as e:
         error = "cancelled by the user" if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
-        summary = run.update_summary(status="cancelled", error=error, ended=time.time())
+        # a signal between an epoch's metrics row and its summary update must not lose that epoch
+        done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
+        summary = run.update_summary(status="cancelled", error=error, ended=time.time(), epochs_done=done)
         emit({"type": "end", "run_id": run.run_id, "status": "cancelled", "error": error})
         return summary
     except Exception as e:

@@ -9,6 +9,7 @@ from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
 from fer_core.loading import available_models
 from fer_core.planning import configs, costs, log_budgets, parse_numbers, plan
 from fer_core.status import data_status, device_status
+from pages import inside_app
 
 FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}
 
@@ -115,6 +116,7 @@ def jobs_ui() -> None:
                 row[0].caption(f"error: {t['error'].splitlines()[-1]}")
 
 
+inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
 st.title("Train")
 gpu = device_status()["device"] == "cuda"
 try:

@@ -2,11 +2,13 @@
 
 import streamlit as st
 
-from fer_core.compare import X_AXES, Y_AXES, matched_budget_gap, runs_frame, two_run_card
+from fer_core.compare import X_AXES, Y_AXES, card_text, matched_budget_gap, runs_frame, two_run_card, variants_table
 from fer_core.errors import FerError
 from fer_core.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
 from fer_core.runs import find_run
+from pages import inside_app
 
+inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
 st.title("Compare")
 
 df = runs_frame()
@@ -16,7 +18,7 @@ if df.empty:
 
 
 def filters_ui(df):
-    c1, c2, c3, c4, c5 = st.columns(5)
+    c1, c2, c3, c4, c5, c6 = st.columns(6)
     x = c1.selectbox("x axis", list(X_AXES), format_func=X_AXES.get)
     y = c2.selectbox("y axis", list(Y_AXES), format_func=Y_AXES.get)
     sources = sorted(df["data"].unique())
@@ -25,16 +27,29 @@ def filters_ui(df):
     recipe = c4.multiselect("recipe", recipes, default=recipes)
     kinds = sorted(df["lineage_kind"].unique())
     kind = c5.multiselect("trained", kinds, default=kinds, help="star: distilled from a teacher; triangle: fine-tuned")
-    return x, y, data, recipe, kind
+    formats = sorted(df["format"].unique())
+    fmt = c6.multiselect(
+        "format",
+        formats,
+        default=formats,
+        help="torch: trained runs; onnx-*: deployable variants of a run (square fp32, hexagon fp16, x int8), "
+        "at their own file size on the bytes axis",
+    )
+    return x, y, data, recipe, kind, fmt
 
 
-x, y, data, recipes, kinds = filters_ui(df)
+x, y, data, recipes, kinds, formats = filters_ui(df)
 live = bool((df["status"] == "running").any())
 
 
 def keep(d):
     """The runs the filters let through."""
-    return d[d["data"].isin(data) & (d["recipe"].isin(recipes) | d["recipe"].isna()) & d["lineage_kind"].isin(kinds)]
+    return d[
+        d["data"].isin(data)
+        & (d["recipe"].isin(recipes) | d["recipe"].isna())
+        & d["lineage_kind"].isin(kinds)
+        & d["format"].isin(formats)
+    ]
 
 
 @st.fragment(run_every=3 if live else 30)
@@ -79,6 +94,32 @@ else:
         "over seeds."
     )
 
+variants = variants_table(shown)
+if not variants.empty:
+    st.subheader("Deployable variants against their trained run")
+    st.dataframe(
+        variants.style.format(
+            {
+                "params": "{:,}",
+                "bytes": "{:,}",
+                "bytes_ratio": "{:.2f}",
+                "public_acc": "{:.4f}",
+                "public_delta": "{:+.4f}",
+                "private_acc": "{:.4f}",
+                "private_delta": "{:+.4f}",
+                "latency_ms_cpu": "{:.3f}",
+                "speedup_vs_torch": "{:.1f}x",
+            },
+            na_rep="-",
+        ),
+        hide_index=True,
+    )
+    st.caption(
+        "bytes_ratio: the file against the trained run's fp16 state dict. Deltas: against the same network in "
+        "fp32 on the exporting CPU. Latency: ONNX Runtime, one thread, one face; speed-up against the trained "
+        "run's torch model timed in the same export. Reproduce: `python -m fer_core compare --json`."
+    )
+
 done = shown[shown["status"] == "completed"].sort_values("params")
 ids = done["run_id"].tolist()
 if not ids:
@@ -111,11 +152,7 @@ if len(pair) == 2:
         with col:
             st.markdown(f"**{card['family']} w{card['width']:g}** · `{card['run_id']}`")
             st.metric("private accuracy", f"{card['private_acc']:.4f}", help="evaluated once, after training")
-            st.write(
-                f"public {card['public_acc']:.4f} · {card['params']:,} params ({card['state_values']:,} values "
-                f"with BatchNorm buffers) · {card['bytes_fp16']:,} B fp16 · {card['bytes_fp32']:,} B fp32 · "
-                f"{card['macs']:,} MACs · {card['epochs_done']} epochs · {card['selected_weights']} weights"
-            )
+            st.write(card_text(card))
             st.caption(card["lineage"])
             st.code(card["architecture"], language=None)
 

@@ -9,7 +9,10 @@ from fer_core.inference import demo_frame, predict
 from fer_core.loading import available_models, default_models, load_model
 from fer_core.runs import REFERENCE_DIR, list_summaries, load_weights_file
 
-RUNS = sorted(p for p in REFERENCE_DIR.iterdir() if (p / "summary.json").is_file()) if REFERENCE_DIR.is_dir() else []
+ALL = sorted(p for p in REFERENCE_DIR.iterdir() if (p / "summary.json").is_file()) if REFERENCE_DIR.is_dir() else []
+#: trained runs; the rest are their deployable ONNX variants (derived runs)
+RUNS = [p for p in ALL if not json.loads((p / "summary.json").read_text()).get("derived_from")]
+VARIANTS = [p for p in ALL if p not in RUNS]
 pytestmark = pytest.mark.skipif(not RUNS, reason="no reference runs shipped yet")
 
 
@@ -77,6 +80,41 @@ def test_pages_render_the_shipped_runs(page, shipped, monkeypatch):
     at = AppTest.from_file(str(ROOT / page), default_timeout=120).run()
     assert not at.exception, [e.message for e in at.exception]
     if page == "pages/2_Compare.py":
-        assert len(at.dataframe[-1].value) == len(RUNS)  # every shipped run in the table
+        assert len(at.dataframe[-1].value) == len(ALL)  # every shipped run and variant in the table
         gap = at.dataframe[0].value
         assert (gap["seeds"] == 3).any()  # the matched ~1e5 pair with three seeds each
+
+
+def test_every_variant_is_a_checked_onnx_file_of_a_shipped_run():
+    assert VARIANTS, "the reference runs ship their ONNX variants"
+    for v in VARIANTS:
+        s = json.loads((v / "summary.json").read_text())
+        assert (REFERENCE_DIR / s["derived_from"]).is_dir() and v.name == f"{s['derived_from']}-{s['format']}"
+        assert s["bytes"] == (v / "model.onnx").stat().st_size
+        assert s["data"] == "fer2013" and s["data_sizes"]["private"] == 3589
+        if s["format"] == "onnx-int8":
+            assert s["export"]["quantization"]["calibration"]["split"] == "train"
+            assert s["parity"]["top1_agreement"] >= 0.9
+        else:
+            assert s["parity"]["max_prob_diff"] <= {"onnx-fp32": 1e-4, "onnx-fp16": 1e-2}[s["format"]]
+    for run in RUNS:  # every trained run ships an int8 variant
+        assert (REFERENCE_DIR / f"{run.name}-onnx-int8" / "model.onnx").is_file(), run.name
+
+
+def test_the_seed_mobilenet_fits_the_course_limit_without_losing_half_a_point():
+    seed = "mobilenet-w1-s0-20261127-204951-b51a"
+    fp16 = json.loads((REFERENCE_DIR / f"{seed}-onnx-fp16" / "summary.json").read_text())
+    assert fp16["bytes"] < 225_000
+    assert fp16["private_acc"] >= fp16["fp32_private_acc"] - 0.005
+    assert fp16["private_acc"] >= json.loads((REFERENCE_DIR / seed / "summary.json").read_text())["private_acc"] - 0.005
+
+
+def test_a_shipped_variant_predicts_like_its_parent(shipped):
+    pytest.importorskip("onnxruntime")
+    v = next(p for p in VARIANTS if p.name.endswith("-onnx-fp16"))
+    lm = load_model(v)
+    parent = load_model(json.loads((v / "summary.json").read_text())["derived_from"])
+    assert lm.runtime == "onnxruntime" and lm.format == "onnx-fp16"
+    a, b = predict(demo_frame(3), [lm]), predict(demo_frame(3), [parent])
+    pa, pb = a.faces[0].predictions[0].probabilities, b.faces[0].predictions[0].probabilities
+    assert max(abs(pa[k] - pb[k]) for k in pa) < 1e-2

@@ -1,0 +1,304 @@
+"""Deployable variants: BatchNorm folding, ONNX export parity, fp16/int8 derived runs in the store, ONNX
+Runtime serving with torch as the fallback, and clear errors for damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, tiny_config
+from fer_core.errors import FerError
+from fer_core.models import create_model
+
+pytest.importorskip("onnxruntime")
+
+
+def _randomise_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family,width", [("mobilenet", 1.0), ("mobilenet", 0.37), ("cnn", 0.1)])
+def test_batchnorm_folds_away_and_the_outputs_do_not_change(family, width):
+    from fer_core.deploy import fold_batchnorm
+
+    model = _randomise_batchnorm(create_model(family, width))
+    folded = fold_batchnorm(model)
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    x = torch.randn(8, 1, 48, 48)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), folded(x), atol=1e-4, rtol=1e-4)
+    assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), (
+        "the original keeps its BatchNorm"
+    )
+
+
+@pytest.mark.parametrize("family", ["mobilenet", "cnn"])
+def test_onnx_export_matches_torch_and_has_no_batchnorm(family):
+    import onnx
+
+    from fer_core.deploy import onnx_meta, ort_session, parity, to_onnx
+
+    model = _randomise_batchnorm(create_model(family, 0.3 if family == "mobilenet" else 0.1))
+    blob = to_onnx(model, {"family": family, "width": "0.3"})
+    ops = {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert onnx.load_from_string(blob).opset_import[0].version >= 17
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    result = parity(model, ort_session(blob), faces)
+    assert result["max_prob_diff"] <= 1e-4 and result["top1_agreement"] == 1.0
+    assert onnx_meta(blob)["family"] == family
+    # any batch size
+    assert ort_session(blob).logits(faces[:3]).shape == (3, 7)
+
+
+def test_fp16_weights_halve_the_file_and_stay_close():
+    from fer_core.deploy import ort_session, parity, to_onnx, weights_to_fp16
+
+    model = _randomise_batchnorm(create_model("mobilenet", 1.0))
+    fp32 = to_onnx(model)
+    fp16 = weights_to_fp16(fp32)
+    assert len(fp16) < 0.52 * len(fp32)
+    faces = np.random.default_rng(1).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    assert parity(model, ort_session(fp16), faces)["max_prob_diff"] < 1e-2
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny trained CNN on synthetic faces, in its own store (shared by the tests below)."""
+    from fer_core.train import fit
+
+    root = tmp_path_factory.mktemp("store") / "runs"
+    summary = fit(tiny_config(epochs=3), root=root)
+    return root / summary["run_id"]
+
+
+def test_variants_are_derived_runs_with_parent_bytes_and_accuracy(trained_run, monkeypatch):
+    from fer_core.compare import matched_budget_gap, runs_frame, variants_table
+    from fer_core.runs import table
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    seen = {}
+
+    import fer_core.deploy as deploy
+
+    real = deploy.quantize_int8
+
+    def spy(blob, calibration, **kw):
+        seen["calibration"] = calibration
+        return real(blob, calibration, **kw)
+
+    monkeypatch.setattr(deploy, "quantize_int8", spy)
+    lines = []
+    folders = deploy.export_variants(trained_run.name, calibration_images=128, say=lines.append)
+    assert [f.name for f in folders] == [f"{trained_run.name}-onnx-{f}" for f in ("fp32", "fp16", "int8")]
+    assert any("parity on 256 training faces" in line for line in lines)
+
+    # int8 calibration saw training images only, never the public or private split
+    from fer_core.data import load
+
+    fd = load("synthetic")
+    train = {x.tobytes() for x in fd.train_x}
+    assert len(seen["calibration"]) == 128 and all(x.tobytes() in train for x in seen["calibration"])
+    tests = {x.tobytes() for x in np.concatenate([fd.public_x, fd.private_x])}
+    assert not any(x.tobytes() in tests for x in seen["calibration"])
+
+    parent = json.loads((trained_run / "summary.json").read_text())
+    for f in folders:
+        s = json.loads((f / "summary.json").read_text())
+        assert s["derived_from"] == trained_run.name and s["status"] == "completed"
+        assert s["bytes"] == (f / "model.onnx").stat().st_size
+        assert s["params"] == parent["params"] and s["data_fingerprint"] == parent["data_fingerprint"]
+        assert 0 <= s["public_acc"] <= 1 and 0 <= s["private_acc"] <= 1 and s["latency_ms_cpu"] > 0
+        assert sum(map(sum, s["confusion_private"])) == len(fd.private_y)
+    fp32 = json.loads((folders[0] / "summary.json").read_text())
+    assert fp32["public_acc"] == fp32["fp32_public_acc"]
+    assert abs(fp32["public_acc"] - parent["public_acc"]) <= 0.01  # same network; the parent was not TTA'd
+    int8 = json.loads((folders[2] / "summary.json").read_text())
+    assert int8["bytes"] < fp32["bytes"] / 2.5
+    assert abs(int8["public_acc"] - fp32["public_acc"]) <= 0.05, "int8 stays close in accuracy"
+    assert int8["export"]["quantization"]["calibration"]["split"] == "train"
+
+    df = table()
+    assert set(df["format"]) == {"torch", "onnx-fp32", "onnx-fp16", "onnx-int8"}
+    assert (df.loc[df["format"] == "onnx-int8", "derived_from"] == trained_run.name).all()
+    v = variants_table(runs_frame(df))
+    assert len(v) == 3 and (v["parent"] == trained_run.name).all()
+    assert v.loc[v["format"] == "onnx-fp32", "public_delta"].abs().max() == 0
+    # the gap never counts a variant: same frame with and without them gives the same gap
+    fr = runs_frame(df)
+    assert matched_budget_gap(fr).equals(matched_budget_gap(fr[fr["format"] == "torch"]))
+
+    # a second export keeps what exists
+    again = []
+    deploy.export_variants(trained_run.name, formats=("int8",), say=again.append)
+    assert again == [f"{trained_run.name}-onnx-int8: exists (--force to redo)"]
+
+
+def test_loading_serves_through_onnxruntime_and_falls_back_to_torch(trained_run, monkeypatch):
+    from fer_core.inference import classify
+    from fer_core.loading import load_model
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    torch_lm = load_model(trained_run.name)
+    ort_lm = load_model(trained_run.name, runtime="auto")
+    assert torch_lm.runtime == "torch" and ort_lm.runtime == "onnxruntime" and ort_lm.runtime_note is None
+    faces = np.random.default_rng(2).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    a, b = classify(faces, [torch_lm]), classify(faces, [ort_lm])
+    for fa, fb in zip(a, b):
+        pa, pb = fa[0].probabilities, fb[0].probabilities
+        assert max(abs(pa[k] - pb[k]) for k in pa) < 1e-4
+
+    # no onnxruntime: auto falls back to torch and says why; "onnx" insists
+    import fer_core.deploy as deploy
+
+    def missing():
+        raise FerError("ONNX export and inference need the onnx and onnxruntime packages (onnxruntime is missing)")
+
+    monkeypatch.setattr(deploy, "_need_onnx", missing)
+    lm = load_model(trained_run.name, runtime="auto")
+    assert lm.runtime == "torch" and "onnxruntime is missing" in lm.runtime_note
+    with pytest.raises(FerError, match="onnxruntime is missing"):
+        load_model(trained_run.name, runtime="onnx")
+
+
+def test_a_variant_loads_by_id_and_predicts(trained_run, monkeypatch):
+    from fer_core.deploy import export_variants
+    from fer_core.inference import demo_frame, predict
+    from fer_core.loading import available_models, default_models, load_model
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    export_variants(trained_run.name, formats=("int8",), calibration_images=64, say=lambda *a: None)
+    lm = load_model(f"{trained_run.name}-onnx-int8")
+    assert lm.runtime == "onnxruntime" and lm.format == "onnx-int8" and lm.torch_model is None
+    assert "onnx-int8" in lm.architecture
+    res = predict(demo_frame(), [lm])
+    assert res.faces and len(res.faces[0].predictions) == 1
+    assert abs(sum(res.faces[0].predictions[0].probabilities.values()) - 1) < 1e-4
+    models = available_models()
+    assert {m["format"] for m in models} >= {"torch", "onnx-int8"}
+    assert all(m["format"] == "torch" for m in default_models(models)), "variants are listed, not preselected"
+    # the bare file loads too (family and width from its own metadata)
+    file_lm = load_model(trained_run.parent / f"{trained_run.name}-onnx-int8" / "model.onnx")
+    assert file_lm.family == "cnn" and file_lm.runtime == "onnxruntime"
+
+
+def test_export_refuses_other_data_and_writes_nothing(trained_run, monkeypatch, tmp_path):
+    from fer_core.data import make_synthetic
+    from fer_core.deploy import export_variants
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    other = make_synthetic(n_train=500, seed=7)
+    npz = tmp_path / "other.npz"
+    np.savez(
+        npz,
+        **{f"{s}_{k}": getattr(other, f"{s}_{k}") for s in ("train", "public", "private") for k in ("x", "y")},
+    )
+    out = tmp_path / "out"
+    with pytest.raises(FerError, match="give the parent's data with --data"):
+        export_variants(trained_run.name, formats=("fp16",), data=str(npz), out=out, say=lambda *a: None)
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_damaged_weights_and_onnx_files_are_called_damaged(trained_run, tmp_path, damage):
+    from fer_core.deploy import to_onnx
+    from fer_core.loading import load_model
+
+    weights = next(trained_run.glob("weights*.pt")).read_bytes()
+    onnx_blob = to_onnx(create_model("cnn", 0.1).eval())
+    for name, good in (("w.pt", weights), ("m.onnx", onnx_blob)):
+        bad = {"random": os.urandom(4096), "truncated": good[: len(good) // 2], "empty": b""}[damage]
+        p = tmp_path / name
+        p.write_bytes(bad)
+        with pytest.raises(FerError) as e:
+            load_model(p)
+        msg = str(e.value)
+        assert str(p) in msg and "not a valid" in msg and "could run code" not in msg
+
+
+def test_a_malicious_pickle_is_still_refused(tmp_path):
+    from fer_core.loading import load_model
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo never",))
+
+    for name, data in (("plain.pt", pickle.dumps(Evil())), ("zip.pt", None)):
+        p = tmp_path / name
+        if data is None:
+            torch.save({"state_dict": Evil()}, p)
+        else:
+            p.write_bytes(data)
+        with pytest.raises(FerError, match="refused: .*could run code"):
+            load_model(p)
+
+
+def test_export_onnx_cli(trained_run, tmp_path):
+    env = {"FER_RUNS": str(trained_run.parent)}
+    r = run_cli("export-onnx", trained_run.name, "--formats", "fp16", "--out", str(tmp_path), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc[0]["format"] == "onnx-fp16" and doc[0]["derived_from"] == trained_run.name
+    assert Path(doc[0]["path"]).parent == tmp_path
+    assert "parity on 256 training faces" in r.stderr
+    bad = run_cli("export-onnx", "no-such-run", env=env)
+    assert bad.returncode == 2 and "no run 'no-such-run'" in bad.stderr and "Traceback" not in bad.stderr
+    fmt = run_cli("export-onnx", trained_run.name, "--formats", "int4", env=env)
+    assert fmt.returncode == 2 and "unknown format 'int4'" in fmt.stderr
+
+
+def test_the_pages_show_variants(trained_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    from fer_core.deploy import export_variants
+    from fer_core.inference import demo_frame
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    monkeypatch.setenv("FER_DATA", "synthetic")
+    export_variants(trained_run.name, formats=("fp16", "int8"), calibration_images=64, say=lambda *a: None)
+
+    at = AppTest.from_file(str(ROOT / "pages/2_Compare.py"), default_timeout=120).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Deployable variants" in s.value for s in at.subheader)
+    table = at.dataframe[-1].value
+    assert {"onnx-fp16", "onnx-int8", "torch"} <= set(table["format"])
+    # the scatter on the bytes axis: a trace per format, a variant's hover names its parent
+    next(s for s in at.selectbox if s.label == "x axis").set_value("bytes").run()
+    assert not at.exception
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name", "") for t in fig["data"]]
+    assert any("onnx-int8" in n for n in names) and any("onnx-fp16" in n for n in names)
+    hover = " ".join(" ".join(t.get("hovertext") or []) for t in fig["data"])
+    assert f"variant of {trained_run.name}" in hover
+
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(demo_frame(3)).save(buf, format="PNG")
+
+    class Shot(io.BytesIO):
+        name = "snapshot.png"
+
+    from unittest import mock
+
+    with mock.patch("streamlit.camera_input", return_value=Shot(buf.getvalue())):
+        at = AppTest.from_file(str(ROOT / "pages/3_Try_it.py"), default_timeout=120).run()
+    assert not at.exception, [e.message for e in at.exception]
+    cards = [m.value for m in at.markdown if " ms · " in m.value]
+    assert cards and all("onnxruntime" in c for c in cards), cards
