@@ -7,7 +7,8 @@ the ordinary way the seed was written: PIL images through per-image torchvision 
 flattered by a poorly configured baseline.
 
 The frame benchmark times :func:`fer_core.inference.predict` on a 640x480 frame with one face, for the two
-width-1.0 models together (detection on a downscaled copy, classification on crops of the full frame).
+width-1.0 models together (detection on a downscaled copy, classification on crops of the full frame), with
+the models served by torch and by ONNX Runtime. The face benchmark times one face per model and runtime.
 """
 
 from __future__ import annotations
@@ -118,12 +119,23 @@ def engine_throughput(
     return (steps - 1) * batch / (time.perf_counter() - t0)
 
 
-def frame_latency(frames: int = 50) -> dict:
+def _models(runtime: str) -> list:
+    """The two width-1.0 models (their weights do not change the timings), served by ``runtime``."""
+    from .loading import LoadedModel, use_onnxruntime
+
+    out = []
+    for f in ("mobilenet", "cnn"):
+        m = create_model(f, 1.0).eval()
+        lm = LoadedModel(name=f, family=f, width=1.0, model=m, torch_model=m)
+        out.append(use_onnxruntime(lm, insist=True) if runtime == "onnxruntime" else lm)
+    return out
+
+
+def frame_latency(frames: int = 50, runtime: str = "torch") -> dict:
     """Median ms of predict() on a 640x480 frame with one face, with both width-1.0 models."""
     from .inference import demo_frame, predict
-    from .loading import LoadedModel
 
-    models = [LoadedModel(name=f, family=f, width=1.0, model=create_model(f, 1.0).eval()) for f in ("mobilenet", "cnn")]
+    models = _models(runtime)
     frame = np.ascontiguousarray(np.stack([demo_frame()] * 3, -1))  # RGB, as a webcam gives
     res = predict(frame, models)
     assert res.faces, "the benchmark frame must contain a detectable face"
@@ -138,12 +150,95 @@ def frame_latency(frames: int = 50) -> dict:
         "frame_latency_ms_p90": round(float(np.percentile(totals, 90)), 2),
         "detect_ms_median": round(statistics.median(detects), 2),
         "faces": len(res.faces),
-        "frame": "640x480, one face, mobilenet w1.0 + cnn w1.0",
+        "frame": f"640x480, one face, mobilenet w1.0 + cnn w1.0, {runtime}",
     }
 
 
+def live_latency(frames: int = 100, runtime: str = "onnxruntime") -> dict:
+    """The live-video path on a 640x480 stream with one face and both width-1.0 models: every frame through the
+    same :class:`LiveProcessor` the page's callback uses, with the video-frame conversions the callback does
+    (PyAV, when installed). Returns medians and p90 per stage, and the frames per second it sustains."""
+    from .inference import demo_frame
+    from .live import LiveProcessor
+
+    try:
+        import av
+    except ImportError:
+        av = None
+    proc = LiveProcessor(_models(runtime))
+    rgb = np.ascontiguousarray(np.stack([demo_frame()] * 3, -1))
+    src = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p") if av else None
+
+    def one():  # what the page's frame callback does
+        if av is None:
+            return proc.process(rgb)
+        return av.VideoFrame.from_ndarray(proc.process(src.to_ndarray(format="rgb24")), format="rgb24")
+
+    for _ in range(5):  # warm-up: first calls allocate
+        one()
+    detect, classify, totals = [], [], []
+    t_start = time.perf_counter()
+    for _ in range(frames):
+        t = time.perf_counter()
+        one()
+        totals.append((time.perf_counter() - t) * 1000)
+        last = proc.last_ms()
+        detect.append(last["detect"])
+        classify.append(last["classify"])
+    wall = time.perf_counter() - t_start
+    snap = proc.snapshot()
+
+    def q(v, p):
+        return round(float(np.percentile(v, p)), 2)
+
+    return {
+        "live_fps": round(frames / wall, 1),
+        "live_frame_ms_median": q(totals, 50),
+        "live_frame_ms_p90": q(totals, 90),
+        "live_detect_ms_median": q(detect, 50),
+        "live_detect_ms_p90": q(detect, 90),
+        "live_classify_ms_median": q(classify, 50),
+        "live_classify_ms_p90": q(classify, 90),
+        "live_faces_per_frame": round(snap["faces"] / snap["frames"], 2),
+        "live": f"640x480, one face, mobilenet w1.0 + cnn w1.0, {runtime}, "
+        + ("PyAV frame conversions included" if av else "no PyAV: conversions not included"),
+    }
+
+
+def face_latency(repeats: int = 300) -> dict:
+    """Median ms to classify one face (batch 1, one thread) per model: eager torch against ONNX Runtime fp32,
+    fp16-weights and int8 (calibrated on synthetic faces: timings do not depend on the weights)."""
+    from .deploy import latency_ms, ort_session, quantize_int8, to_onnx, weights_to_fp16
+    from .synthetic import make_split
+
+    calib = make_split(256, seed=5, split_index=0)[0]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for f in ("mobilenet", "cnn"):
+            m = create_model(f, 1.0).eval()
+            fp32 = to_onnx(m)
+            row = {"torch": latency_ms(m, repeats)}
+            for fmt, blob in (
+                ("onnx-fp32", fp32),
+                ("onnx-fp16", weights_to_fp16(fp32)),
+                ("onnx-int8", quantize_int8(fp32, calib)[0]),
+            ):
+                row[fmt] = latency_ms(ort_session(blob, threads=1), repeats)
+            out[f"{f} w1.0"] = row
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
 def run_bench(
-    images: int = 2560, frames: int = 50, out_dir: str | None = None, quiet: bool = False, device: str = "cpu"
+    images: int = 2560,
+    frames: int = 50,
+    out_dir: str | None = None,
+    quiet: bool = False,
+    device: str = "cpu",
+    face_repeats: int = 300,
 ) -> dict:
     """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it."""
     say = (lambda *a: None) if quiet else print
@@ -164,17 +259,45 @@ def run_bench(
         say(f"  fer_core engine, cnn w1.0 (for reference):                 {cnn:8.1f} img/s")
     say(f"  fer_core engine (batched aug, channels_last):              {ours:8.1f} img/s")
     say(f"  speed-up vs the best naive configuration:                  {ours / best_naive:8.2f}x")
+    lat, frames_by_runtime = {}, {}
+    for runtime in ("torch", "onnxruntime"):
+        try:
+            r = frame_latency(frames, runtime)
+        except Exception as e:  # no OpenCV cascades, no onnxruntime: keep the other numbers
+            r = {"frame_latency_ms_median": None, "frame_error": f"{type(e).__name__}: {e}", "frame": runtime}
+        frames_by_runtime[runtime] = r
+        if r["frame_latency_ms_median"] is None:
+            say(f"predict on a frame ({runtime}): not measured ({r['frame_error']})")
+        else:
+            say(
+                f"predict on a {r['frame']}: median {r['frame_latency_ms_median']} ms "
+                f"(p90 {r['frame_latency_ms_p90']} ms, detection {r['detect_ms_median']} ms)"
+            )
+    # the headline frame numbers are what the dashboard does: ONNX Runtime when it works, else torch
+    served = frames_by_runtime["onnxruntime"]
+    lat = served if served["frame_latency_ms_median"] is not None else frames_by_runtime["torch"]
     try:
-        lat = frame_latency(frames)
-    except Exception as e:  # e.g. an OpenCV build without its cascades: keep the training numbers
-        lat = {"frame_latency_ms_median": None, "frame_error": f"{type(e).__name__}: {e}", "frame": ""}
-    if lat["frame_latency_ms_median"] is None:
-        say(f"predict on a frame: not measured ({lat['frame_error']})")
-    else:
+        live = live_latency(max(20, frames * 2))
         say(
-            f"predict on a {lat['frame']}: median {lat['frame_latency_ms_median']} ms "
-            f"(p90 {lat['frame_latency_ms_p90']} ms, detection {lat['detect_ms_median']} ms)"
+            f"live video ({live['live']}): {live['live_fps']} fps sustained, per frame median "
+            f"{live['live_frame_ms_median']} ms (p90 {live['live_frame_ms_p90']}): detect "
+            f"{live['live_detect_ms_median']} ms (p90 {live['live_detect_ms_p90']}), classify "
+            f"{live['live_classify_ms_median']} ms (p90 {live['live_classify_ms_p90']})"
         )
+    except Exception as e:
+        live = {"live_error": f"{type(e).__name__}: {e}"}
+        say(f"live video: not measured ({live['live_error']})")
+    try:
+        faces = face_latency(face_repeats)
+        for model, row in faces.items():
+            say(
+                f"one face, {model}, batch 1, 1 thread: "
+                + " · ".join(f"{k} {v:.3f} ms" for k, v in row.items())
+                + f" (onnx-fp32 {row['torch'] / row['onnx-fp32']:.1f}x faster than torch)"
+            )
+    except Exception as e:
+        faces = {"error": f"{type(e).__name__}: {e}"}
+        say(f"one-face latency: not measured ({faces['error']})")
     doc = {
         "train_speedup_vs_naive": round(ours / best_naive, 3),
         "train_img_per_s_engine": round(ours, 1),
@@ -184,6 +307,9 @@ def run_bench(
         "train_images": images,
         "train_device": device if device == "cpu" else torch.cuda.get_device_name(),
         **lat,
+        "frame_by_runtime": frames_by_runtime,
+        **live,
+        "face_latency_ms": faces,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

@@ -1,4 +1,4 @@
-"""Try it: a webcam snapshot or an uploaded photo, every selected model side by side for each face."""
+"""Try it: a webcam snapshot, an uploaded photo or live video, every selected model side by side for each face."""
 
 from pathlib import Path
 
@@ -9,14 +9,17 @@ import streamlit as st
 from fer_core.errors import FerError
 from fer_core.figures import probabilities
 from fer_core.inference import load_image, predict
+from fer_core.live import LiveProcessor, ice_servers
 from fer_core.loading import available_models, default_models, load_model
+from pages import inside_app
 
+inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
 st.title("Try it")
 
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=32)
 def _model(path: str, stamp: float):  # stamp: the weights' mtime, so retrained weights are reloaded
-    return load_model(path)
+    return load_model(path, runtime="auto")  # ONNX Runtime when installed (faster on the CPU), else torch
 
 
 def models_ui():
@@ -27,29 +30,109 @@ def models_ui():
     labels = {m["path"]: m["label"] for m in models}
     default = [m["path"] for m in default_models(models)]
     picked = st.multiselect(
-        "Models", list(labels), default=default, format_func=labels.get, help="★ = shipped reference runs"
+        "Models",
+        list(labels),
+        default=default,
+        format_func=labels.get,
+        help="★ = shipped reference runs · onnx-fp16/onnx-int8 = deployable variants of a run · the last part "
+        "says what runs the model (onnxruntime, else torch)",
     )
     loaded = []
     for p in picked:
         try:
-            stamp = max((f.stat().st_mtime for f in Path(p).glob("weights*.pt")), default=0)
+            stamp = max((f.stat().st_mtime for f in Path(p).glob("*") if f.suffix in (".pt", ".onnx")), default=0)
             loaded.append(_model(p, stamp))
         except FerError as e:
             st.error(str(e))
+    for lm in loaded:
+        if lm.runtime_note:
+            st.caption(f"`{lm.name}` runs on torch: {lm.runtime_note}")
     return loaded
 
 
-def image_ui():
-    cam, up = st.tabs(["Webcam snapshot", "Upload a photo"])
+def image_ui(models):
+    cam, up, live = st.tabs(["Webcam snapshot", "Upload a photo", "Live video"])
     with cam:
         shot = st.camera_input("Take a snapshot")
     with up:
         file = st.file_uploader("A photo with a face", type=["jpg", "jpeg", "png", "webp"])
+    with live:
+        live_ui(models)
     if file is not None:
         return file.getvalue(), file.name
     if shot is not None:
         return shot.getvalue(), "snapshot"
     return None, None
+
+
+def live_ui(models) -> None:
+    """The browser's camera streams to the server; every frame comes back with each face labelled by every model."""
+    try:
+        import av
+        from streamlit_webrtc import WebRtcMode, webrtc_streamer
+    except ImportError:
+        st.info("Live video needs streamlit-webrtc: `pip install -r requirements.txt`.")
+        return
+    try:
+        ice = ice_servers()
+    except FerError as e:
+        st.error(str(e))
+        return
+    on = st.toggle("Live video", help="streams your camera to this server and back; nothing is stored")
+    smoothing = st.slider(
+        "label smoothing", 0.0, 0.95, 0.6, 0.05, help="weight of the past in each face's moving average (0 = off)"
+    )
+    names = tuple(m.name for m in models)
+    proc = st.session_state.get("live_processor")
+    if proc is None or tuple(m.name for m in proc.models) != names:
+        proc = st.session_state["live_processor"] = LiveProcessor(models, smoothing)
+    proc.set_smoothing(smoothing)
+
+    def on_frame(frame):  # streamlit-webrtc's thread: no st.* here, only the processor
+        return av.VideoFrame.from_ndarray(proc.process(frame.to_ndarray(format="rgb24")), format="rgb24")
+
+    if not on:
+        st.caption("Turn on Live video: each face gets a box and every selected model's label, live.")
+        return
+    video, panel = st.columns([3, 2])
+    with video:
+        try:
+            ctx = webrtc_streamer(
+                key="live",
+                mode=WebRtcMode.SENDRECV,
+                video_frame_callback=on_frame,
+                media_stream_constraints={"video": {"width": 640, "height": 480}, "audio": False},
+                rtc_configuration={"iceServers": ice},
+                desired_playing_state=True,  # the toggle starts and stops the stream
+                async_processing=True,
+            )
+        except Exception as e:  # noqa: BLE001 - the snapshot and upload modes keep working
+            st.error(f"Live video could not start ({type(e).__name__}: {e})")
+            return
+    with panel:
+        live_panel(proc, ctx.state.playing)
+
+
+def live_panel(proc, playing: bool) -> None:
+    @st.fragment(run_every=0.5 if playing else None)
+    def panel():
+        s = proc.snapshot()
+        st.markdown(
+            f"**frames processed: {s['frames']}** · faces: {s['faces']} · {s['fps']:.1f} fps  \n"
+            f"median per frame: detect {s['detect_ms']:.1f} ms · classify {s['classify_ms']:.1f} ms · "
+            f"total {s['total_ms']:.1f} ms"
+        )
+        if s["error"]:
+            st.error(f"the frame callback failed: {s['error']}")
+        largest = s["largest"]
+        if not largest:
+            st.caption("Press START; the largest face's probabilities appear here, per model.")
+            return
+        for name, m in largest["models"].items():
+            st.markdown(f"**{m['label']}** · `{name}`")
+            st.plotly_chart(probabilities(m["probabilities"]), config={"displayModeBar": False}, key=f"live-{name}")
+
+    panel()
 
 
 def draw(image: np.ndarray, faces) -> np.ndarray:
@@ -70,14 +153,14 @@ def faces_ui(result) -> None:
         cols[0].image(face.crop, caption="48×48 input", clamp=True, width=96)
         for col, p in zip(cols[1:], face.predictions):
             with col:
-                st.markdown(f"**{p.label}** · {p.ms:.1f} ms  \n`{p.model}`")
+                st.markdown(f"**{p.label}** · {p.ms:.2f} ms · {p.runtime}  \n`{p.model}`")
                 st.plotly_chart(
                     probabilities(p.probabilities), config={"displayModeBar": False}, key=f"p-{i}-{p.model}"
                 )
 
 
 models = models_ui()
-data, name = image_ui()
+data, name = image_ui(models)
 if data is not None:
     try:
         image = load_image(data, name=name)

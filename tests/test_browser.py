@@ -1,10 +1,12 @@
-"""One real-browser walk through the whole product: every page, a tiny training from the Train page,
-its point on the Compare scatter, and a webcam snapshot (Chromium's fake camera showing a drawn face).
+"""Real-browser walks through the product: every page, a tiny training from the Train page, its point on
+the Compare scatter, and a webcam snapshot (Chromium's fake camera showing a drawn face); then, on a fresh
+server, page URLs opened first (deep links) and live video over WebRTC labelling the fake camera's face.
 
 Needs Debian's chromium and the playwright Python package (.ci/run installs both); skipped without them.
 Screenshots of every page go to artifacts/screenshots/ (git-ignored).
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -41,16 +43,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, reference: Path | None = None):
+    """A fresh `streamlit run streamlit_app.py` on a free port; yields its URL once it accepts connections."""
     port = _free_port()
     env = {
         **os.environ,
         "FER_RUNS": str(tmp / "runs"),
         "FER_CACHE": str(tmp / "cache"),
         "FER_DATA": "synthetic",
-        "FER_REFERENCE": str(tmp / "no-reference"),
+        "FER_REFERENCE": str(reference or tmp / "no-reference"),
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
@@ -73,25 +75,38 @@ def server(tmp_path_factory):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}", tmp
-    proc.terminate()
-    proc.wait(timeout=20)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a server still closing WebRTC sessions: this is a test server
+            proc.kill()
+            proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    with streamlit_server(tmp) as url:
+        yield url, tmp
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
     video = tmp_path_factory.mktemp("cam") / "face.y4m"
     write_y4m(video, demo_frame(3))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with pw.sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=CHROMIUM,
             args=[
                 "--headless",
@@ -103,9 +118,15 @@ def page(server, tmp_path_factory):
                 f"--use-file-for-fake-video-capture={video}",
             ],
         )
-        context = browser.new_context(viewport={"width": 1400, "height": 2400}, permissions=["camera"])
-        yield context.new_page()
-        browser.close()
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(server, browser):  # closed after its test: an open page keeps the fake camera and a session busy
+    context = browser.new_context(viewport={"width": 1400, "height": 2400}, permissions=["camera"])
+    yield context.new_page()
+    context.close()
 
 
 #: true once the camera widget's video element is playing real frames
@@ -182,3 +203,51 @@ def test_the_whole_path_in_a_real_browser(server, page):
     _settle(page)
     page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
     page.screenshot(path=str(SHOTS / "home.png"))
+
+
+SIDEBAR_PAGES = "[...document.querySelectorAll('[data-testid=\"stSidebarNav\"] a')].map(a => a.innerText.trim())"
+
+
+def _sidebar(page) -> list[str]:
+    """The sidebar's page links, once the app's navigation is shown (a first page run outside the app hands
+    over to it with a rerun; the old-mode sidebar would list "streamlit app" and never change)."""
+    page.wait_for_function(f"{SIDEBAR_PAGES}[0] === 'Home'", timeout=60_000)
+    return page.evaluate(SIDEBAR_PAGES)
+
+
+def test_deep_links_open_inside_the_app_and_live_video_labels_faces(browser, tmp_path):
+    """A fresh server whose first request is a page's URL: the page opens inside the app (sidebar: Home,
+    Train, Compare, Try it), every time; then Live video streams the fake camera through the server."""
+    from fer_core.runs import REFERENCE_DIR
+
+    with streamlit_server(tmp_path, reference=REFERENCE_DIR) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1800}, permissions=["camera"])
+        page = context.new_page()
+        for path in ("Try_it", "Compare", "Try_it"):
+            page.goto(f"{url}/{path}")
+            _settle(page)
+            assert _sidebar(page) == ["Home", "Train", "Compare", "Try it"], path
+        page.get_by_text("Try it", exact=True).first.wait_for()
+
+        page.get_by_role("tab", name="Live video").click()
+        page.get_by_text("Live video", exact=True).last.click()  # the toggle: starts the stream
+        # the server has processed frames and found the fake camera's face: counters the page polls
+        counted = r"""() => {
+            const m = document.body.innerText.match(/frames processed: (\d+)\D+faces: (\d+)/);
+            return !!m && +m[1] >= 10 && +m[2] >= 1;
+        }"""
+        try:
+            page.wait_for_function(counted, timeout=120_000)
+        finally:
+            page.screenshot(path=str(SHOTS / "live.png"))
+        # the largest face's bars, one chart per selected model
+        page.wait_for_function(
+            "[...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg')).length >= 2",
+            timeout=60_000,
+        )
+        page.screenshot(path=str(SHOTS / "live.png"))
+        text = page.evaluate("document.body.innerText")
+        assert "the frame callback failed" not in text
+        page.get_by_text("Live video", exact=True).last.click()  # the toggle again: stops it
+        page.wait_for_function("!document.body.innerText.includes('frames processed')", timeout=60_000)
+        context.close()
