@@ -75,7 +75,8 @@ def load_model(ref: str | Path, device: str = "cpu", runtime: str = "torch") -> 
     """Load a run (id or folder), a weights file or an ONNX file into a ready model.
 
     Args:
-        runtime: "torch" gives the torch module (training, teachers); "auto" serves a trained run through
+        runtime: "torch" gives the torch module of a trained run (``torch_model``; training, teachers);
+            "auto" serves a trained run through
             ONNX Runtime (exported in memory, checked against torch) when onnxruntime is installed and
             ``device`` is the CPU, and falls back to torch otherwise (``runtime_note`` says why); "onnx"
             insists on ONNX Runtime. ONNX variants (derived runs, .onnx files) always run on ONNX Runtime.

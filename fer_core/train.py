@@ -109,9 +109,16 @@ def load_lineage(cfg: RunConfig) -> tuple[list, object | None, dict]:
 
     def load(ref: str, what: str):
         try:
-            return load_model(ref)
+            lm = load_model(ref)
         except FerError as e:
             raise FerError(f"{what} {ref!r}: {e}") from None
+        if lm.torch_model is None:  # an ONNX variant: nothing to train from or distil with
+            parent = lm.summary.get("derived_from")
+            raise FerError(
+                f"{what} {ref!r} is an ONNX variant ({lm.format})"
+                + (f": give its trained run {parent}" if parent else ": give a trained run")
+            )
+        return lm
 
     teachers = [load(ref, "distill.teachers:") for ref in cfg.distill.teachers]
     init = load(cfg.init, "init:") if cfg.init else None

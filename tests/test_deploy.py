@@ -302,3 +302,15 @@ def test_the_pages_show_variants(trained_run, monkeypatch):
     assert not at.exception, [e.message for e in at.exception]
     cards = [m.value for m in at.markdown if " ms · " in m.value]
     assert cards and all("onnxruntime" in c for c in cards), cards
+
+
+def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_run, monkeypatch):
+    from fer_core.deploy import export_variants
+    from fer_core.train import load_lineage
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    export_variants(trained_run.name, formats=("fp16",), say=lambda *a: None)
+    cfg = tiny_config()
+    cfg.distill.teachers = [f"{trained_run.name}-onnx-fp16"]
+    with pytest.raises(FerError, match=f"is an ONNX variant \\(onnx-fp16\\): give its trained run {trained_run.name}"):
+        load_lineage(cfg)
