@@ -205,6 +205,74 @@ def live_latency(frames: int = 100, runtime: str = "onnxruntime") -> dict:
     }
 
 
+def ray_overhead(n: int = 4, epochs: int = 1, out_dir: str | None = None, quiet: bool = False) -> dict:
+    """The Ray backend against the local queue on this machine: the time to start a local Ray (2 CPUs), and
+    the wall time of the same ``n`` tiny trainings (2 at a time) through each; the difference per run is the
+    backend's overhead (task scheduling, shipping fer_core and the data, progress and results coming back)."""
+    import tempfile
+
+    from .jobs import prepare_job, run_configs
+    from .ray_backend import backend_spec, connect, run_ray_job
+    from .runs import read_json
+
+    say = (lambda *a: None) if quiet else print
+    cfg = RunConfig()
+    cfg.model.family, cfg.model.width = "cnn", 0.1
+    cfg.data.data, cfg.data.limit, cfg.data.augment = "synthetic", 500, False
+    cfg.train.epochs, cfg.train.threads = epochs, 1
+    cfgs = []
+    for seed in range(n):
+        c = RunConfig.from_dict(cfg.to_dict())
+        c.train.seed = seed
+        cfgs.append(c)
+    with tempfile.TemporaryDirectory(prefix="fer-ray-bench-") as tmp:
+        old = os.environ.get("FER_RUNS")
+        os.environ["FER_RUNS"] = tmp
+        try:
+            t = time.perf_counter()
+            jobs = run_configs(cfgs, parallel=2, out=tmp)
+            local_s = time.perf_counter() - t
+            assert all(j.returncode == 0 for j in jobs), "a local training failed"
+            import ray as ray_module
+
+            started_here = not ray_module.is_initialized()
+            t = time.perf_counter()
+            ray = connect(None, num_cpus=2)
+            start_s = time.perf_counter() - t
+            d = prepare_job(cfgs, backend=backend_spec(None))
+            plan, state = read_json(d / "plan.json"), read_json(d / "state.json")
+            t = time.perf_counter()
+            run_ray_job(d, plan, state, lambda: None)
+            ray_s = time.perf_counter() - t
+            assert all(it["status"] == "done" for it in state["items"]), "a Ray training failed"
+            if started_here:
+                ray.shutdown()
+        finally:
+            if old is None:
+                os.environ.pop("FER_RUNS", None)
+            else:
+                os.environ["FER_RUNS"] = old
+    doc = {
+        "ray_cluster_start_s": round(start_s, 2),
+        "ray_trainings": n,
+        "ray_wall_s": round(ray_s, 2),
+        "local_queue_wall_s": round(local_s, 2),
+        "ray_overhead_per_run_s": round((ray_s - local_s) / n, 2),
+        "ray_runs": f"{n} x cnn w0.1, 500 synthetic faces, {epochs} epoch(s), 2 at a time, 1 CPU each",
+        "ray": ray_module.__version__,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    say(
+        f"Ray: local cluster start {doc['ray_cluster_start_s']} s; {n} tiny trainings {doc['ray_wall_s']} s on "
+        f"Ray vs {doc['local_queue_wall_s']} s in the local queue: {doc['ray_overhead_per_run_s']:+} s per run"
+    )
+    out = Path(out_dir) if out_dir else RESULTS_DIR / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "bench_ray.json", doc)
+    say(f"written: {out / 'bench_ray.json'}")
+    return doc
+
+
 def face_latency(repeats: int = 300) -> dict:
     """Median ms to classify one face (batch 1, one thread) per model: eager torch against ONNX Runtime fp32,
     fp16-weights and int8 (calibrated on synthetic faces: timings do not depend on the weights)."""

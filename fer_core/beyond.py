@@ -194,8 +194,14 @@ def run_beyond(
     parallel: int | None = None,
     log: Path | None = None,
     dry_run: bool = False,
+    backend: dict | None = None,
 ) -> dict:
-    """Run the study (see the module's docstring); returns its record (plan, epochs, timings, results)."""
+    """Run the study (see the module's docstring); returns its record (plan, epochs, timings, results).
+
+    With ``backend`` (a Ray spec) every training is a Ray task; ``fit_in`` is then refused (it times this
+    machine's device)."""
+    if fit_in and backend:
+        raise FerError("--fit-in times the runs on this machine's device; on a Ray cluster give the epochs instead")
     out, work = Path(out), Path(work)
     say = _Log(log)
     todo = plan(out, reference_from)
@@ -272,20 +278,21 @@ def run_beyond(
     def lane1() -> None:
         cfgs = _configs(todo["reference"], base, ref_epochs)
         if cfgs:
-            run_configs(cfgs, parallel or len(cfgs), out=work, on_done=finished)
+            run_configs(cfgs, parallel or len(cfgs), out=work, on_done=finished, backend=backend)
 
     ref_thread = threading.Thread(target=lane1, name="reference-lane")
     ref_thread.start()
     teacher = todo["teacher_run"]
     if todo["teacher"]:
         say(f"teacher: {teacher_epochs} epochs")
-        job = run_configs(_configs([todo["teacher"]], base, teacher_epochs), 1, out=work, on_done=finished)[0]
+        teacher_cfgs = _configs([todo["teacher"]], base, teacher_epochs)
+        job = run_configs(teacher_cfgs, 1, out=work, on_done=finished, backend=backend)[0]
         teacher = job.run_path if job.returncode == 0 else None
     record["teacher_s"] = round(time.time() - t0, 1)
     if teacher and todo["students"]:
         say(f"students: {len(todo['students'])}, {student_epochs} epochs, taught by {Path(teacher).name}")
         cfgs = _configs(todo["students"], base, student_epochs, str(teacher))
-        run_configs(cfgs, parallel or len(cfgs), out=work, on_done=finished)
+        run_configs(cfgs, parallel or len(cfgs), out=work, on_done=finished, backend=backend)
     elif todo["students"]:
         say("no teacher finished: the students were not trained")
     ref_thread.join()

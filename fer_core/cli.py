@@ -232,6 +232,28 @@ def cmd_train(args) -> int:
 # --------------------------------------------------------------------------------------------------- sweep
 
 
+def _add_ray_arguments(s) -> None:
+    g = s.add_argument_group("Ray cluster (instead of this machine)")
+    g.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="train on the Ray cluster at ADDRESS (ray://HOST:10001, HOST:6379, auto, or local for a new one here)",
+    )
+    g.add_argument("--gpu-fraction", type=float, default=0.0, help="GPU share per training (0.25: four per GPU)")
+    g.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per training (default: 1)")
+    g.add_argument("--retries", type=int, default=1, help="retries when a worker dies (default: 1)")
+
+
+def _backend(args) -> dict | None:
+    if not getattr(args, "ray", None):
+        return None
+    from .ray_backend import backend_spec
+
+    address = None if args.ray == "local" else args.ray
+    return backend_spec(address, args.gpu_fraction, args.cpus_per_run, args.retries)
+
+
 def cmd_sweep(args) -> int:
     from .models import count_params
     from .planning import configs, plan
@@ -258,7 +280,7 @@ def cmd_sweep(args) -> int:
         if job.returncode and job.stderr_tail:
             print("  " + job.stderr_tail.replace("\n", "\n  "), file=sys.stderr)
 
-    jobs = run_configs(cfgs, args.parallel, out=args.out, quiet=quiet, on_done=done)
+    jobs = run_configs(cfgs, args.parallel, out=args.out, quiet=quiet, on_done=done, backend=_backend(args))
     results = [{**it, "exit": j.returncode, "run": j.run_path} for it, j in zip(items, jobs)]
     if args.json:
         _print_json(results)
@@ -303,6 +325,7 @@ def cmd_reference(args) -> int:
         dry_run=args.dry_run,
         skip_done=Path(args.skip_done) if args.skip_done else None,
         out=args.out,
+        backend=_backend(args),
     )
     return _study_done(record, args)
 
@@ -324,6 +347,7 @@ def cmd_study(args) -> int:
         parallel=args.parallel,
         log=Path(args.log) if args.log else work / "progress.log",
         dry_run=args.dry_run,
+        backend=_backend(args),
     )
     return _study_done(record, args)
 
@@ -609,6 +633,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.ray:
+        from .bench import ray_overhead
+
+        doc = ray_overhead(out_dir=args.out, quiet=args.json)
+        if args.json:
+            _print_json(doc)
+        return 0
     from .bench import run_bench
 
     doc = run_bench(images=args.images, frames=args.frames, out_dir=args.out, quiet=args.json, device=args.device)
@@ -669,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--widths", type=_number_list, default=None, help="e.g. 0.5,1,2")
     s.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
     s.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several small ones; default: 1)")
+    _add_ray_arguments(s)
     s.add_argument("--dry-run", action="store_true", help="print the plan only")
     s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
     add_arguments(s, exclude=("train.seed",))
@@ -687,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-in", type=float, default=None, metavar="SECONDS", help="lower the epochs (alike for all) to fit"
     )
     s.add_argument("--parallel", type=int, default=8, help="runs at once (default: 8)")
+    _add_ray_arguments(s)
     s.add_argument("--no-better", action="store_true", help="skip the two better-recipe runs")
     s.add_argument("--skip-done", default=None, metavar="FOLDER", help="train only the runs FOLDER lacks")
     s.add_argument("--dry-run", action="store_true", help="print the plan only")
@@ -707,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-from", default=None, metavar="FOLDER", help="reference runs already done (default: --out)"
     )
     s.add_argument("--parallel", type=int, default=None, help="runs at once per lane (default: all)")
+    _add_ray_arguments(s)
     s.add_argument("--out", default="results/reference", help="where finished runs are exported (default: %(default)s)")
     s.add_argument("--work", default=None, help="where runs train (default: $FER_RUNS/study-beyond)")
     s.add_argument("--log", default=None, help="progress log file (default: WORK/progress.log)")
@@ -794,6 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=50, help="frames for the latency median (default: 50)")
     s.add_argument("--out", default=None, help="folder for the JSON (default: results/bench)")
     s.add_argument("--device", default="cpu", help="cpu | cuda: where both training pipelines run (default: cpu)")
+    s.add_argument(
+        "--ray", action="store_true", help="instead: a local Ray's start time and its per-run overhead vs the queue"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
     return p

@@ -127,15 +127,50 @@ def run_configs(
     out: str | Path | None = None,
     quiet: bool = True,
     on_done: Callable[[Job], None] | None = None,
+    backend: dict | None = None,
 ) -> list[Job]:
     """Train ``cfgs`` in child processes, ``parallel`` at a time, each from its own config file; returns the
-    jobs (``tag["config"]`` is the config) with their exit codes and run folders."""
+    jobs (``tag["config"]`` is the config) with their exit codes and run folders.
+
+    With ``backend`` (a Ray spec) the trainings run as Ray tasks through a queued job instead, and this waits
+    for it (the runs still land in ``out`` or the usual runs folder)."""
     import tempfile
+
+    if backend:
+        return _run_job_and_wait(cfgs, {**backend, "out": str(out) if out else None}, on_done)
 
     with tempfile.TemporaryDirectory(prefix="fer-configs-") as tmp:
         files = write_configs(cfgs, Path(tmp))
         jobs = [Job(train_command(f, out, quiet), tag={"config": c}) for f, c in zip(files, cfgs)]
         return run_all(jobs, parallel, quiet=quiet, on_done=on_done)
+
+
+def _run_job_and_wait(cfgs: list[RunConfig], backend: dict, on_done: Callable[[Job], None] | None) -> list[Job]:
+    """Submit ``cfgs`` as one job on ``backend`` and follow it to the end (Ctrl-C cancels it)."""
+    jid = submit(cfgs, title=f"{len(cfgs)} trainings on Ray", backend=backend)
+    jobs = [Job(["train", "--config", "(job " + jid + ")"], tag={"config": c}) for c in cfgs]
+    reported: set[int] = set()
+    try:
+        while True:
+            job = next((j for j in list_jobs() if j["id"] == jid), None)
+            for i, it in enumerate((job or {}).get("items", [])):
+                if i not in reported and it["status"] in ("done", "failed", "cancelled"):
+                    reported.add(i)
+                    jobs[i].returncode = 0 if it["status"] == "done" else 1
+                    jobs[i].run_path = it.get("run")
+                    jobs[i].stderr_tail = it.get("error") or ""
+                    if on_done:
+                        on_done(jobs[i])
+            if job is None or job.get("status") not in ("queued", "waiting", "running"):
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        cancel_job(jid)
+        raise
+    for j in jobs:
+        if j.returncode is None:
+            j.returncode = 1
+    return jobs
 
 
 # --------------------------------------------------------------------------------------------------- queued jobs
@@ -149,22 +184,19 @@ def _pending(trainings: list[list[str]]) -> list[dict]:
     return [{"argv": a, "status": "pending", "run": None, "exit": None} for a in trainings]
 
 
-def submit(cfgs: list[RunConfig], parallel: int = 1, title: str = "") -> str:
+def submit(cfgs: list[RunConfig], parallel: int = 1, title: str = "", backend: dict | None = None) -> str:
     """Queue trainings (one RunConfig each) in a detached process.
 
+    Args:
+        backend: None trains on this machine (``parallel`` at a time, one job after another); a
+            :func:`fer_core.ray_backend.backend_spec` sends every training to a Ray cluster as a task.
     Returns the job id. The trainings write into the usual runs folder, so they appear in every listing.
     """
     if not cfgs:
         raise FerError("nothing to train: the plan is empty")
     for i, cfg in enumerate(cfgs):  # before the job folder exists: a bad plan leaves nothing behind
         cfg.validate(where=f"training {i + 1}")
-    jid = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-    d = jobs_dir() / jid
-    d.mkdir(parents=True)
-    trainings = [train_command(f) for f in write_configs(cfgs, d / "configs")]
-    atomic_write_json(d / "plan.json", {"title": title, "parallel": parallel, "trainings": trainings})
-    items = _pending(trainings)
-    atomic_write_json(d / "state.json", {"status": "queued", "items": items, "submitted": time.time()})
+    d = prepare_job(cfgs, parallel, title, backend)
     with open(d / "log.txt", "ab") as log:
         subprocess.Popen(
             command(["queue", str(d)]),
@@ -174,7 +206,20 @@ def submit(cfgs: list[RunConfig], parallel: int = 1, title: str = "") -> str:
             env=_env(),
             start_new_session=True,  # outlives the page (and the dashboard) that started it
         )
-    return jid
+    return d.name
+
+
+def prepare_job(cfgs: list[RunConfig], parallel: int = 1, title: str = "", backend: dict | None = None) -> Path:
+    """The job's folder (configs, plan, state) without its queue process: :func:`submit` starts that."""
+    jid = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    d = jobs_dir() / jid
+    d.mkdir(parents=True)
+    trainings = [train_command(f) for f in write_configs(cfgs, d / "configs")]
+    plan = {"title": title, "parallel": parallel, "trainings": trainings, "backend": backend}
+    atomic_write_json(d / "plan.json", plan)
+    items = _pending(trainings)
+    atomic_write_json(d / "state.json", {"status": "queued", "items": items, "submitted": time.time()})
+    return d
 
 
 def run_queue(job_dir: Path) -> int:
@@ -186,6 +231,25 @@ def run_queue(job_dir: Path) -> int:
     state = read_json(job_dir / "state.json") or {}
     items = state.get("items") or _pending(plan["trainings"])
     cancelled = lambda: (job_dir / "cancel").exists()
+    if (plan.get("backend") or {}).get("kind") == "ray":  # the cluster schedules: no local queue lock
+        from .ray_backend import run_ray_job
+
+        state.update(status="running", pid=os.getpid(), items=items, started=time.time())
+        save = lambda: atomic_write_json(job_dir / "state.json", state)
+        save()
+        try:
+            run_ray_job(job_dir, plan, state, save)
+        except Exception as e:  # no cluster, no GPU there, a bug: every unfinished training says why
+            msg = str(e) if isinstance(e, FerError) else f"{type(e).__name__}: {e}"
+            for it in items:
+                if it["status"] in ("pending", "running"):
+                    it.update(status="failed", error=msg, pid=None)
+                    if it.get("run"):
+                        Run(Path(it["run"])).update_summary(status="failed", error=msg, ended=time.time())
+            print(f"error: {msg}", flush=True)
+        state.update(status="cancelled" if cancelled() else "finished", pid=None, ended=time.time())
+        save()
+        return 0
     state.update(status="waiting", pid=os.getpid(), items=items)
     atomic_write_json(job_dir / "state.json", state)
     # one job trains at a time (one device), in the order they were submitted: wait until no older job
@@ -282,6 +346,9 @@ def cancel_run(run_ref: str) -> None:
     s = run.summary()
     if s.get("status") != "running" or not s.get("pid"):
         raise FerError(f"run {run.run_id} is not running (status: {s.get('status')})")
+    if s.get("backend") == "ray":  # its pid is the job's driver: ask the driver to cancel this task only
+        (run.path / "cancel").touch()
+        return
     os.kill(int(s["pid"]), signal.SIGTERM)
 
 

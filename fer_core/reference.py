@@ -115,11 +115,14 @@ def run_reference(
     dry_run: bool = False,
     skip_done: Path | None = None,
     out: str | None = None,
+    backend: dict | None = None,
 ) -> dict:
     """Train the reference study; returns a record (epochs used, calibration, per-run results, wall time).
 
     With ``skip_done`` only the planned runs that folder lacks are trained (completing an interrupted study).
     """
+    if fit_in and backend:
+        raise FerError("--fit-in times the runs on this machine's device; on a Ray cluster give --epochs instead")
     items = plan(better)
     if skip_done:
         items = missing(items, skip_done, epochs)
@@ -153,7 +156,7 @@ def run_reference(
             say(f"calibration: slowest epoch {cal['slowest_epoch_s']:.2f} s under load; {epochs} epochs fit")
     record["epochs"] = epochs
     t1 = time.time()
-    jobs = run_configs(study_configs(items, epochs, base), parallel, out=out, on_done=report_done(say))
+    jobs = run_configs(study_configs(items, epochs, base), parallel, out=out, on_done=report_done(say), backend=backend)
     record["sweep_wall_s"] = round(time.time() - t1, 1)
     record["total_wall_s"] = round(time.time() - t0, 1)
     record["results"] = [

@@ -8,6 +8,7 @@ from fer_core.errors import FerError
 from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
 from fer_core.loading import available_models
 from fer_core.planning import configs, costs, log_budgets, parse_numbers, plan
+from fer_core.ray_backend import backend_spec
 from fer_core.status import data_status, device_status
 from pages import inside_app
 
@@ -86,6 +87,22 @@ def plan_table(items: list[dict]) -> pd.DataFrame:
 
 
 @st.fragment(run_every=2)
+def where_ui() -> dict | None:
+    """Where the trainings run: this machine (one job at a time), or a Ray cluster (None = this machine)."""
+    with st.expander("Where to run"):
+        where = st.radio("where", ["this machine", "a Ray cluster"], horizontal=True, label_visibility="collapsed")
+        if where == "this machine":
+            return None
+        c1, c2, c3, c4 = st.columns(4)
+        address = c1.text_input(
+            "cluster address", "local", help="ray://HOST:10001 or HOST:6379, auto, or local (a new one here)"
+        ).strip()
+        gpu = c2.number_input("GPU per training", 0.0, 1.0, 0.0, 0.05, help="0.25 packs four runs on a GPU")
+        cpus = c3.number_input("CPUs per training", 0.25, 64.0, 1.0, 0.25)
+        retries = int(c4.number_input("retries if a worker dies", 0, 10, 1))
+        return backend_spec(None if address in ("", "local") else address, gpu, cpus, retries)
+
+
 def jobs_ui() -> None:
     jobs = list_jobs()[:5]
     if not jobs:
@@ -122,6 +139,7 @@ gpu = device_status()["device"] == "cuda"
 try:
     families, budgets, widths, seeds = sizes_ui()
     base = options_ui(gpu)
+    backend = where_ui()
     items = plan(families, budgets=budgets, widths=widths, seeds=seeds)
     cfgs = [c.validate() for c in configs(items, base)]
 except FerError as e:
@@ -137,7 +155,8 @@ if st.button("Start", type="primary"):
         st.error(f"Data: {checked['error']}")
         st.stop()
     try:
-        jid = submit(cfgs, title=f"{len(cfgs)} trainings · {base.recipe}")
+        where = f" · Ray {backend['address'] or 'local'}" if backend else ""
+        jid = submit(cfgs, title=f"{len(cfgs)} trainings · {base.recipe}{where}", backend=backend)
         st.success(f"Job {jid} started.")
     except FerError as e:
         st.error(str(e))
