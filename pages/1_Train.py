@@ -86,7 +86,6 @@ def plan_table(items: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@st.fragment(run_every=2)
 def where_ui() -> dict | None:
     """Where the trainings run: this machine (one job at a time), or a Ray cluster (None = this machine)."""
     with st.expander("Where to run"):
@@ -103,6 +102,7 @@ def where_ui() -> dict | None:
         return backend_spec(None if address in ("", "local") else address, gpu, cpus, retries)
 
 
+@st.fragment(run_every=2)
 def jobs_ui() -> None:
     jobs = list_jobs()[:5]
     if not jobs:
