@@ -505,7 +505,7 @@ def cmd_eval(args) -> int:
     if spec is None and lm.run_id:
         from .runs import find_run
 
-        spec = find_run(lm.run_id).config().get("data", {}).get("data")
+        spec = find_run(lm.run_id).data_spec()
     d = load(spec)
     trained_on = lm.summary.get("data_fingerprint")
     if trained_on and trained_on != d.fingerprint:

@@ -261,10 +261,11 @@ class OrtModel:
 
     session: object
     source: str  # file path, or "exported in memory"
+    input_name: str = "image"
 
     def __call__(self, x) -> torch.Tensor:
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        out = self.session.run(None, {self.session.get_inputs()[0].name: arr.astype(np.float32, copy=False)})[0]
+        out = self.session.run(None, {self.input_name: arr.astype(np.float32, copy=False)})[0]
         return torch.from_numpy(out)
 
     def logits(self, x_uint8: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -298,7 +299,7 @@ def ort_session(src: bytes | Path, threads: int | None = None) -> OrtModel:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerError(f"{name}: ONNX Runtime cannot run this model ({first[:200]})") from None
-    return OrtModel(sess, name)
+    return OrtModel(sess, name, sess.get_inputs()[0].name)
 
 
 def latency_ms(model, repeats: int = 200) -> float:
@@ -393,10 +394,7 @@ def export_variants(
     if not todo:
         return [root / variant_id(lm.run_id, f) for f in formats]
 
-    if data is None:  # the parent's own data spec when it can be found here, else the usual search
-        spec = (find_run(lm.run_id).config().get("data") or {}).get("data")
-        data = spec if spec == "synthetic" or (spec and Path(spec).exists()) else None
-    fd = fer_data.load(data)
+    fd = fer_data.load(data if data is not None else find_run(lm.run_id).data_spec())
     want = parent.get("data_fingerprint")
     if (want and fd.fingerprint != want) or (not want and fd.name != parent.get("data")):
         raise FerError(

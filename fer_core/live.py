@@ -248,13 +248,12 @@ class LiveProcessor:
 
         out = np.ascontiguousarray(np.stack([frame] * 3, -1) if frame.ndim == 2 else frame[:, :, :3]).copy()
         scale = max(0.45, out.shape[1] / 1400)
+        names = {m.name for m in self.models}  # tracks may hold probabilities of models no longer selected
         for t in tracks:
             x, y, w, h = t.box
             cv2.rectangle(out, (x, y), (x + w, y + h), (40, 200, 40), 2)
             lines = [
-                f"{_short(m)}: {EMOTIONS[int(p.argmax())]} {p.max():.0%}"
-                for m, p in t.probs.items()
-                if m in self._names()
+                f"{_short(m)}: {EMOTIONS[int(p.argmax())]} {p.max():.0%}" for m, p in t.probs.items() if m in names
             ]
             for i, text in enumerate(reversed(lines)):
                 ty = max(14, y - 6 - i * int(22 * scale + 4))
@@ -263,9 +262,6 @@ class LiveProcessor:
         cv2.putText(out, overlay, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(out, overlay, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
         return out
-
-    def _names(self) -> set[str]:
-        return {m.name for m in self.models}
 
 
 def _short(name: str) -> str:

@@ -158,6 +158,12 @@ class Run:
             raise FerError(f"run {self.run_id}: config.json is missing or unreadable")
         return cfg
 
+    def data_spec(self) -> str | None:
+        """The data this run was trained on, as a spec to load here: its config's path if that exists on this
+        machine (or "synthetic"), else None (the usual search: ``$FER_DATA``, ``data/``, synthetic)."""
+        spec = ((read_json(self.config_file) or {}).get("data") or {}).get("data")
+        return spec if spec == "synthetic" or (spec and Path(spec).exists()) else None
+
     def summary(self) -> dict:
         """The summary as stored, with a dead 'running' process reported as failed."""
         s = read_json(self.summary_file) or {"run_id": self.run_id, "status": "failed", "error": "no summary.json"}

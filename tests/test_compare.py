@@ -114,3 +114,12 @@ def test_report_figures_are_written_as_png(tmp_path):
     paths = report_figures(df, tmp_path, data="fer2013")
     assert [p.name for p in paths] == ["accuracy_vs_params.png", "accuracy_vs_bytes.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
+
+
+def test_gap_leaves_onnx_variants_out():
+    # an int8 variant of m1 at the same parameters with a much lower accuracy would pull the gap down
+    variant = {**RUNS[4], "run_id": "m1-onnx-int8", "format": "onnx-int8", "derived_from": "m1", "private_acc": 0.1}
+    plain = matched_budget_gap(_df([{**r, "format": "torch"} for r in RUNS]))
+    with_variant = matched_budget_gap(_df([{**r, "format": "torch"} for r in RUNS] + [variant]))
+    assert with_variant["gap_mean"].tolist() == pytest.approx(plain["gap_mean"].tolist())
+    assert with_variant["seeds"].tolist() == plain["seeds"].tolist() == [2]
