@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from fer_core.compare import runs_frame
-from fer_core.errors import FerError
-from fer_core.figures import PNG_CONFIG, scatter
-from fer_core.jobs import active_jobs, submit
-from fer_core.planning import quick_demo
-from fer_core.status import data_status, device_status
+from fer_core.analysis.compare import runs_frame
+from fer_core.analysis.figures import PNG_CONFIG, scatter
+from fer_core.analysis.planning import quick_demo
+from fer_core.analysis.status import data_status, device_status
+from fer_core.common import FerError
+from fer_core.jobs.queue import active_jobs, submit
 
 
 @st.cache_data(ttl=60, show_spinner="Looking for FER2013…")

@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from fer_core.config import RECIPES, RunConfig, apply_recipe
-from fer_core.errors import FerError
-from fer_core.jobs import cancel_job, cancel_run, job_runs, list_jobs, submit
-from fer_core.loading import available_models
-from fer_core.planning import configs, costs, log_budgets, parse_numbers, plan
-from fer_core.ray_backend import backend_spec
-from fer_core.status import data_status, device_status
+from fer_core.analysis.planning import configs, costs, log_budgets, parse_numbers, plan
+from fer_core.analysis.status import data_status, device_status
+from fer_core.common import FerError
+from fer_core.jobs.queue import cancel_job, cancel_run, job_runs, list_jobs, submit
+from fer_core.jobs.ray_backend import backend_spec
+from fer_core.serving.models import available_models
+from fer_core.training.config import RECIPES, RunConfig, apply_recipe
 from pages import inside_app
 
 FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}

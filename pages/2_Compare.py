@@ -2,10 +2,18 @@
 
 import streamlit as st
 
-from fer_core.compare import X_AXES, Y_AXES, card_text, matched_budget_gap, runs_frame, two_run_card, variants_table
-from fer_core.errors import FerError
-from fer_core.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
-from fer_core.runs import find_run
+from fer_core.analysis.compare import (
+    X_AXES,
+    Y_AXES,
+    card_text,
+    matched_budget_gap,
+    runs_frame,
+    two_run_card,
+    variants_table,
+)
+from fer_core.analysis.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
+from fer_core.common import FerError
+from fer_core.store.runs import find_run
 from pages import inside_app
 
 inside_app()  # a page's own URL on a fresh server opens inside the app, not alone

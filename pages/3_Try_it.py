@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from fer_core.errors import FerError
-from fer_core.figures import probabilities
-from fer_core.inference import load_image, predict
-from fer_core.live import LiveProcessor, ice_servers
-from fer_core.loading import available_models, default_models, load_model
+from fer_core.analysis.figures import probabilities
+from fer_core.common import FerError
+from fer_core.serving.inference import load_image, predict
+from fer_core.serving.live import LiveProcessor, ice_servers
+from fer_core.serving.models import available_models, default_models, load_model
 from pages import inside_app
 
 inside_app()  # a page's own URL on a fresh server opens inside the app, not alone

@@ -40,7 +40,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 
 def tiny_config(**train):
     """A run that finishes in seconds on one CPU thread: a small CNN on 2,000 synthetic faces."""
-    from fer_core.config import RunConfig
+    from fer_core.training.config import RunConfig
 
     cfg = RunConfig()
     cfg.model.family, cfg.model.width = "cnn", 0.1

@@ -2,7 +2,7 @@
 
 import json
 
-from fer_core.bench import run_bench
+from fer_core.studies.bench import run_bench
 
 
 def test_bench_writes_the_figures_it_promises(tmp_path):

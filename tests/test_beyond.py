@@ -4,8 +4,8 @@ so the one GPU call cannot fail on a plan bug."""
 import json
 
 from conftest import ROOT, run_cli
-from fer_core import beyond
-from fer_core.runs import load_weights_file, read_json
+from fer_core.store.files import load_weights_file, read_json
+from fer_core.studies import beyond
 
 
 def test_the_largest_mobilenet_under_the_course_limit_fits_and_the_next_does_not():

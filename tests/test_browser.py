@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from fer_core.inference import demo_frame
+from fer_core.serving.inference import demo_frame
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pw = pytest.importorskip("playwright.sync_api")
@@ -218,7 +218,7 @@ def _sidebar(page) -> list[str]:
 def test_deep_links_open_inside_the_app_and_live_video_labels_faces(browser, tmp_path):
     """A fresh server whose first request is a page's URL: the page opens inside the app (sidebar: Home,
     Train, Compare, Try it), every time; then Live video streams the fake camera through the server."""
-    from fer_core.runs import REFERENCE_DIR
+    from fer_core.store.runs import REFERENCE_DIR
 
     with streamlit_server(tmp_path, reference=REFERENCE_DIR) as url:
         context = browser.new_context(viewport={"width": 1400, "height": 1800}, permissions=["camera"])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fer_core.inference import demo_frame
 from fer_core.models import create_model
+from fer_core.serving.inference import demo_frame
 
 
 def _json(r):

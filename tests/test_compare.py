@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from fer_core.compare import matched_budget_gap, pareto_frontier, runs_frame
-from fer_core.figures import scatter
-from fer_core.runs import Run
+from fer_core.analysis.compare import matched_budget_gap, pareto_frontier, runs_frame
+from fer_core.analysis.figures import scatter
+from fer_core.store.runs import Run
 
 
 def _df(rows):
@@ -107,7 +107,7 @@ def test_report_figures_are_written_as_png(tmp_path):
     pytest.importorskip("kaleido")
     if not (shutil.which("chromium") or shutil.which("google-chrome")):
         pytest.skip("PNG export needs Chromium or Chrome")
-    from fer_core.figures import report_figures
+    from fer_core.analysis.figures import report_figures
 
     df = _df(RUNS)
     df["bytes_fp16"] = df["params"] * 2

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import run_cli
-from fer_core.config import RECIPES, RunConfig, apply_recipe, recipe_table
-from fer_core.errors import FerError
+from fer_core.common import FerError
+from fer_core.training.config import RECIPES, RunConfig, apply_recipe, recipe_table
 
 
 def test_a_config_round_trips_through_json():

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from fer_core import EMOTIONS
-from fer_core.data import load, make_synthetic, resolve_spec
-from fer_core.errors import FerError
+from fer_core.common import FerError
+from fer_core.data.sources import load, make_synthetic, resolve_spec
 
 RNG = np.random.default_rng(0)
 
@@ -180,12 +180,12 @@ def test_cache_is_reused_and_invalidated_when_the_source_changes(tmp_path, monke
     path = write_kaggle_csv(tmp_path / "fer2013.csv", rows)
     first = load(path)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
-    import fer_core.data as data_mod
+    import fer_core.data.formats as formats_mod
 
     def exploding(_):
         raise AssertionError("parsed again although the cache was fresh")
 
-    monkeypatch.setitem(data_mod._LOADERS, "kaggle-csv", exploding)
+    monkeypatch.setitem(formats_mod.LOADERS, "kaggle-csv", exploding)
     again = load(path)
     assert again.fingerprint == first.fingerprint
     monkeypatch.undo()
@@ -199,7 +199,7 @@ def test_cache_is_reused_and_invalidated_when_the_source_changes(tmp_path, monke
 
 def test_where_data_is_found(tmp_path, monkeypatch, no_fer_data):
     assert resolve_spec("x.csv") == "x.csv"
-    import fer_core.data as data_mod
+    import fer_core.data.sources as data_mod
 
     monkeypatch.setattr(data_mod, "repo_data_dir", lambda: tmp_path / "nothing-here")
     assert resolve_spec(None) == "synthetic"
@@ -224,7 +224,7 @@ def test_synthetic_faces_are_deterministic_balanced_and_labelled():
 
 
 def test_synthetic_is_the_default_when_nothing_is_found(tmp_path, monkeypatch, no_fer_data):
-    import fer_core.data as data_mod
+    import fer_core.data.sources as data_mod
 
     monkeypatch.setattr(data_mod, "repo_data_dir", lambda: tmp_path / "nothing-here")
     d = load()

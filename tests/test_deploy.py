@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_config
-from fer_core.errors import FerError
+from fer_core.common import FerError
 from fer_core.models import create_model
 
 pytest.importorskip("onnxruntime")
@@ -32,7 +32,7 @@ def _randomise_batchnorm(model, seed=0):
 
 @pytest.mark.parametrize("family,width", [("mobilenet", 1.0), ("mobilenet", 0.37), ("cnn", 0.1)])
 def test_batchnorm_folds_away_and_the_outputs_do_not_change(family, width):
-    from fer_core.deploy import fold_batchnorm
+    from fer_core.serving.onnx import fold_batchnorm
 
     model = _randomise_batchnorm(create_model(family, width))
     folded = fold_batchnorm(model)
@@ -49,7 +49,7 @@ def test_batchnorm_folds_away_and_the_outputs_do_not_change(family, width):
 def test_onnx_export_matches_torch_and_has_no_batchnorm(family):
     import onnx
 
-    from fer_core.deploy import onnx_meta, ort_session, parity, to_onnx
+    from fer_core.serving.onnx import onnx_meta, ort_session, parity, to_onnx
 
     model = _randomise_batchnorm(create_model(family, 0.3 if family == "mobilenet" else 0.1))
     blob = to_onnx(model, {"family": family, "width": "0.3"})
@@ -65,7 +65,7 @@ def test_onnx_export_matches_torch_and_has_no_batchnorm(family):
 
 
 def test_fp16_weights_halve_the_file_and_stay_close():
-    from fer_core.deploy import ort_session, parity, to_onnx, weights_to_fp16
+    from fer_core.serving.onnx import ort_session, parity, to_onnx, weights_to_fp16
 
     model = _randomise_batchnorm(create_model("mobilenet", 1.0))
     fp32 = to_onnx(model)
@@ -78,7 +78,7 @@ def test_fp16_weights_halve_the_file_and_stay_close():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One tiny trained CNN on synthetic faces, in its own store (shared by the tests below)."""
-    from fer_core.train import fit
+    from fer_core.training.trainer import fit
 
     root = tmp_path_factory.mktemp("store") / "runs"
     summary = fit(tiny_config(epochs=3), root=root)
@@ -86,13 +86,13 @@ def trained_run(tmp_path_factory):
 
 
 def test_variants_are_derived_runs_with_parent_bytes_and_accuracy(trained_run, monkeypatch):
-    from fer_core.compare import runs_frame, variants_table
-    from fer_core.runs import table
+    from fer_core.analysis.compare import runs_frame, variants_table
+    from fer_core.store.runs import table
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     seen = {}
 
-    import fer_core.deploy as deploy
+    import fer_core.studies.variants as deploy
 
     real = deploy.quantize_int8
 
@@ -107,7 +107,7 @@ def test_variants_are_derived_runs_with_parent_bytes_and_accuracy(trained_run, m
     assert any("parity on 256 training faces" in line for line in lines)
 
     # int8 calibration saw training images only, never the public or private split
-    from fer_core.data import load
+    from fer_core.data.sources import load
 
     fd = load("synthetic")
     train = {x.tobytes() for x in fd.train_x}
@@ -145,8 +145,8 @@ def test_variants_are_derived_runs_with_parent_bytes_and_accuracy(trained_run, m
 
 
 def test_loading_serves_through_onnxruntime_and_falls_back_to_torch(trained_run, monkeypatch):
-    from fer_core.inference import classify
-    from fer_core.loading import load_model
+    from fer_core.serving.inference import classify
+    from fer_core.serving.models import load_model
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     torch_lm = load_model(trained_run.name)
@@ -159,12 +159,12 @@ def test_loading_serves_through_onnxruntime_and_falls_back_to_torch(trained_run,
         assert max(abs(pa[k] - pb[k]) for k in pa) < 1e-4
 
     # no onnxruntime: auto falls back to torch and says why; "onnx" insists
-    import fer_core.deploy as deploy
+    import fer_core.serving.onnx as onnx_mod
 
     def missing():
         raise FerError("ONNX export and inference need the onnx and onnxruntime packages (onnxruntime is missing)")
 
-    monkeypatch.setattr(deploy, "_need_onnx", missing)
+    monkeypatch.setattr(onnx_mod, "need_onnx", missing)
     lm = load_model(trained_run.name, runtime="auto")
     assert lm.runtime == "torch" and "onnxruntime is missing" in lm.runtime_note
     with pytest.raises(FerError, match="onnxruntime is missing"):
@@ -172,9 +172,9 @@ def test_loading_serves_through_onnxruntime_and_falls_back_to_torch(trained_run,
 
 
 def test_a_variant_loads_by_id_and_predicts(trained_run, monkeypatch):
-    from fer_core.deploy import export_variants
-    from fer_core.inference import demo_frame, predict
-    from fer_core.loading import available_models, default_models, load_model
+    from fer_core.serving.inference import demo_frame, predict
+    from fer_core.serving.models import available_models, default_models, load_model
+    from fer_core.studies.variants import export_variants
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     export_variants(trained_run.name, formats=("int8",), calibration_images=64, say=lambda *a: None)
@@ -193,8 +193,8 @@ def test_a_variant_loads_by_id_and_predicts(trained_run, monkeypatch):
 
 
 def test_export_refuses_other_data_and_writes_nothing(trained_run, monkeypatch, tmp_path):
-    from fer_core.data import make_synthetic
-    from fer_core.deploy import export_variants
+    from fer_core.data.sources import make_synthetic
+    from fer_core.studies.variants import export_variants
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     other = make_synthetic(n_train=500, seed=7)
@@ -211,8 +211,8 @@ def test_export_refuses_other_data_and_writes_nothing(trained_run, monkeypatch, 
 
 @pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
 def test_damaged_weights_and_onnx_files_are_called_damaged(trained_run, tmp_path, damage):
-    from fer_core.deploy import to_onnx
-    from fer_core.loading import load_model
+    from fer_core.serving.models import load_model
+    from fer_core.serving.onnx import to_onnx
 
     weights = next(trained_run.glob("weights*.pt")).read_bytes()
     onnx_blob = to_onnx(create_model("cnn", 0.1).eval())
@@ -227,7 +227,7 @@ def test_damaged_weights_and_onnx_files_are_called_damaged(trained_run, tmp_path
 
 
 def test_a_malicious_pickle_is_still_refused(tmp_path):
-    from fer_core.loading import load_model
+    from fer_core.serving.models import load_model
 
     class Evil:
         def __reduce__(self):
@@ -261,8 +261,8 @@ def test_the_pages_show_variants(trained_run, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from conftest import ROOT
-    from fer_core.deploy import export_variants
-    from fer_core.inference import demo_frame
+    from fer_core.serving.inference import demo_frame
+    from fer_core.studies.variants import export_variants
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     monkeypatch.setenv("FER_DATA", "synthetic")
@@ -302,8 +302,8 @@ def test_the_pages_show_variants(trained_run, monkeypatch):
 
 
 def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_run, monkeypatch):
-    from fer_core.deploy import export_variants
-    from fer_core.train import load_lineage
+    from fer_core.studies.variants import export_variants
+    from fer_core.training.trainer import load_lineage
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     export_variants(trained_run.name, formats=("fp16",), say=lambda *a: None)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_config
-from fer_core.compare import runs_frame, two_run_card
-from fer_core.config import apply_recipe
-from fer_core.data import load
-from fer_core.errors import FerError
-from fer_core.figures import scatter
-from fer_core.runs import find_run
-from fer_core.train import fit
+from fer_core.analysis.compare import runs_frame, two_run_card
+from fer_core.analysis.figures import scatter
+from fer_core.common import FerError
+from fer_core.data.sources import load
+from fer_core.store.runs import find_run
+from fer_core.training.config import apply_recipe
+from fer_core.training.trainer import fit
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_init_must_match_family_and_width(synthetic, teacher):
 
 
 def test_a_missing_teacher_fails_before_any_data_loads(monkeypatch, tmp_path):
-    import fer_core.train as train_mod
+    import fer_core.training.trainer as train_mod
 
     monkeypatch.setattr(train_mod, "load", lambda *a: pytest.fail("data was loaded before the teacher was checked"))
     with pytest.raises(FerError, match="distill.teachers: 'no-such-run'"):

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from fer_core import EMOTIONS
-from fer_core.errors import FerError
-from fer_core.inference import demo_frame, detect_faces, load_image, predict
-from fer_core.loading import LoadedModel
+from fer_core.common import FerError
 from fer_core.models import create_model
+from fer_core.serving.inference import demo_frame, detect_faces, load_image, predict
+from fer_core.store.loading import LoadedModel
 
 
 def _models():

@@ -3,7 +3,7 @@
 import time
 
 from conftest import tiny_config
-from fer_core.jobs import active_jobs, cancel_job, job_runs, list_jobs, submit
+from fer_core.jobs.queue import active_jobs, cancel_job, job_runs, list_jobs, submit
 
 
 def _tiny(seed=0, epochs=1):
@@ -48,7 +48,7 @@ def test_cancelling_a_job_cancels_its_running_training_and_the_rest():
 def test_a_job_refuses_a_bad_config_before_anything_starts():
     import pytest
 
-    from fer_core.errors import FerError
+    from fer_core.common import FerError
 
     bad = _tiny(0)
     bad.train.lr = -1.0

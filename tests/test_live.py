@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from fer_core import EMOTIONS
-from fer_core.errors import FerError
-from fer_core.inference import demo_frame
-from fer_core.live import FULL_DETECT_EVERY, LiveProcessor, ice_servers, iou, match
-from fer_core.loading import LoadedModel
+from fer_core.common import FerError
+from fer_core.data.synthetic import draw_face
 from fer_core.models import create_model
-from fer_core.synthetic import draw_face
+from fer_core.serving.inference import demo_frame
+from fer_core.serving.live import FULL_DETECT_EVERY, LiveProcessor, ice_servers, iou, match
+from fer_core.store.loading import LoadedModel
 
 
 def two_faces(shift: int = 0, right: bool = True) -> np.ndarray:

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from fer_core.errors import FerError
+from fer_core.common import FerError
 from fer_core.models import count_params, create_model, list_models, solve_width
-from fer_core.models.common import make_divisible
+from fer_core.models.layers import make_divisible
 from fer_core.models.stats import count_macs, count_state_values, count_trainable, model_stats, saved_bytes
 
 

@@ -12,10 +12,11 @@ class Blocker:
         if name.split('.')[0] in ('streamlit', 'plotly', 'ray'):
             raise ImportError(f'{name} is not installed here')
 sys.meta_path.insert(0, Blocker())
-import fer_core.cli, fer_core.train, fer_core.data, fer_core.inference, fer_core.reference, fer_core.bench
-import fer_core.jobs, fer_core.compare, fer_core.planning, fer_core.status, fer_core.figures
-import fer_core.beyond, fer_core.engine, fer_core.evaluation, fer_core.config
-import fer_core.ray_backend, fer_core.live, fer_core.deploy  # they import their libraries only when used
+import importlib, pkgutil
+import fer_core
+for m in pkgutil.walk_packages(fer_core.__path__, 'fer_core.'):  # every module: they import those only when used
+    if not m.name.endswith('__main__'):
+        importlib.import_module(m.name)
 from fer_core.cli import main
 sys.exit(main(['train', '--model', 'cnn', '--width', '0.1', '--data', 'synthetic', '--limit', '128',
                '--epochs', '1', '--quiet', '--out', sys.argv[1]]))

@@ -9,10 +9,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
-from fer_core.data import load
-from fer_core.inference import demo_frame
-from fer_core.jobs import list_jobs
-from fer_core.train import fit
+from fer_core.data.sources import load
+from fer_core.jobs.queue import list_jobs
+from fer_core.serving.inference import demo_frame
+from fer_core.training.trainer import fit
 
 PAGES = ["streamlit_app.py", "pages/1_Train.py", "pages/2_Compare.py", "pages/3_Try_it.py"]
 
@@ -158,7 +158,7 @@ def test_train_page_refuses_a_missing_data_path_before_starting(synthetic_env, t
 def test_train_page_queues_a_distillation_with_the_chosen_recipe_and_teacher(two_runs, synthetic_env, monkeypatch):
     import json
 
-    from fer_core.jobs import item_config
+    from fer_core.jobs.queue import item_config
 
     monkeypatch.setenv("FER_RUNS", str(two_runs))
     at = app("pages/1_Train.py").run()
@@ -171,7 +171,7 @@ def test_train_page_queues_a_distillation_with_the_chosen_recipe_and_teacher(two
     cnn = next(o for o in teacher.options if "cnn" in o)
     teacher.set_value([cnn.split(" · ")[-1]]).run()
     _no_exception(at)
-    monkeypatch.setattr("fer_core.jobs.subprocess.Popen", lambda *a, **k: None)  # queue it, train nothing
+    monkeypatch.setattr("fer_core.jobs.queue.subprocess.Popen", lambda *a, **k: None)  # queue it, train nothing
     next(b for b in at.button if b.label == "Start").click().run()
     assert any("started" in s.value for s in at.success), [e.value for e in at.error]
     cfg = item_config(list_jobs()[0]["items"][0])

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config
-from fer_core.errors import FerError
-from fer_core.jobs import prepare_job
-from fer_core.runs import Run, read_json
+from fer_core.common import FerError
+from fer_core.jobs.queue import prepare_job
+from fer_core.store.files import read_json
+from fer_core.store.runs import Run
 
 ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from fer_core.ray_backend import connect
+    from fer_core.jobs.ray_backend import connect
 
     connect(None, num_cpus=2)
     yield ray
@@ -29,7 +30,7 @@ def cluster():
 
 
 def _job(cfgs, **spec):
-    from fer_core.ray_backend import backend_spec
+    from fer_core.jobs.ray_backend import backend_spec
 
     d = prepare_job(cfgs, backend=backend_spec(None, **spec))
     plan, state = read_json(d / "plan.json"), read_json(d / "state.json")
@@ -38,8 +39,8 @@ def _job(cfgs, **spec):
 
 
 def _drive(d, plan, state):
-    from fer_core.ray_backend import run_ray_job
-    from fer_core.runs import atomic_write_json
+    from fer_core.jobs.ray_backend import run_ray_job
+    from fer_core.store.files import atomic_write_json
 
     run_ray_job(d, plan, state, lambda: atomic_write_json(d / "state.json", state))
 
@@ -60,7 +61,7 @@ def _wait_for(cond, timeout=240):
 
 
 def test_two_trainings_run_on_ray_into_the_store_with_progress(cluster, monkeypatch):
-    import fer_core.ray_backend as rb
+    import fer_core.jobs.ray_backend as rb
 
     seen = []
     real = rb._apply
@@ -111,7 +112,7 @@ def test_a_killed_worker_fails_its_run_and_leaves_the_store_resumable(cluster):
 
 
 def test_gpu_tasks_on_a_cluster_without_gpus_are_refused_not_left_waiting(cluster):
-    from fer_core.ray_backend import backend_spec, check_resources
+    from fer_core.jobs.ray_backend import backend_spec, check_resources
 
     with pytest.raises(FerError, match="no GPU .* would wait forever"):
         check_resources(ray, backend_spec(None, gpu_fraction=0.25))
@@ -123,7 +124,7 @@ def test_the_train_page_queues_a_job_for_a_ray_cluster(synthetic_env_ray, monkey
     from streamlit.testing.v1 import AppTest
 
     from conftest import ROOT
-    from fer_core.jobs import list_jobs
+    from fer_core.jobs.queue import list_jobs
 
     at = AppTest.from_file(str(ROOT / "pages/1_Train.py"), default_timeout=120).run()
     at.multiselect[0].set_value(["mobilenet"]).run()
@@ -131,7 +132,7 @@ def test_the_train_page_queues_a_job_for_a_ray_cluster(synthetic_env_ray, monkey
     next(t for t in at.text_input if t.label == "cluster address").set_value("ray://head:10001").run()
     next(n for n in at.number_input if n.label == "GPU per training").set_value(0.25).run()
     assert not at.exception, [e.message for e in at.exception]
-    monkeypatch.setattr("fer_core.jobs.subprocess.Popen", lambda *a, **k: None)  # queue it, start nothing
+    monkeypatch.setattr("fer_core.jobs.queue.subprocess.Popen", lambda *a, **k: None)  # queue it, start nothing
     next(b for b in at.button if b.label == "Start").click().run()
     assert any("started" in s.value for s in at.success), [e.value for e in at.error]
     plan = read_json(Path(list_jobs()[0]["path"]) / "plan.json")
@@ -145,7 +146,7 @@ def test_the_train_page_queues_a_job_for_a_ray_cluster(synthetic_env_ray, monkey
 
 
 def test_the_overhead_benchmark_runs_both_paths(cluster, tmp_path):
-    from fer_core.bench import ray_overhead
+    from fer_core.studies.bench import ray_overhead
 
     doc = ray_overhead(n=2, out_dir=str(tmp_path), quiet=True)
     assert doc["ray_wall_s"] > 0 and doc["local_queue_wall_s"] > 0 and doc["ray_trainings"] == 2

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from conftest import tiny_config
-from fer_core.data import load
-from fer_core.train import fit
+from fer_core.data.sources import load
+from fer_core.training.trainer import fit
 
 FER_DATA = os.environ.get("FER_DATA")
 pytestmark = pytest.mark.skipif(not FER_DATA or FER_DATA == "synthetic", reason="FER_DATA is not set")

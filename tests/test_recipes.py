@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fer_core.config import RunConfig, TrainConfig, apply_recipe
-from fer_core.data import load
-from fer_core.engine import EMA, Step, Teachers, distill_loss, make_optimizer, mix_batch
+from fer_core.data.sources import load
 from fer_core.models import create_model
+from fer_core.training.config import RunConfig, TrainConfig, apply_recipe
+from fer_core.training.engine import EMA, Step, Teachers, distill_loss, make_optimizer, mix_batch
 
 
 def test_alpha_zero_is_plain_cross_entropy():

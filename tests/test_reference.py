@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fer_core import reference
-from fer_core.config import RunConfig
-from fer_core.data import load
-from fer_core.loading import load_model
+from fer_core.data.sources import load
 from fer_core.models import count_params
-from fer_core.runs import find_run, load_weights_file
-from fer_core.train import fit
+from fer_core.serving.models import load_model
+from fer_core.store.files import load_weights_file
+from fer_core.store.runs import find_run
+from fer_core.studies import reference
+from fer_core.training.config import RunConfig
+from fer_core.training.trainer import fit
 
 
 def test_the_plan_covers_what_the_study_needs():
@@ -59,8 +60,8 @@ def test_export_ships_fp16_weights_that_predict_like_the_original(tmp_path):
 
 
 def test_an_interrupted_study_is_completed_with_the_runs_it_lacks(tmp_path):
-    from fer_core.errors import FerError
-    from fer_core.runs import Run
+    from fer_core.common import FerError
+    from fer_core.store.runs import Run
 
     done = tmp_path / "ref"
     first = reference.plan()[-1]

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from fer_core.inference import demo_frame, predict
-from fer_core.loading import available_models, default_models, load_model
-from fer_core.runs import REFERENCE_DIR, list_summaries, load_weights_file
+from fer_core.serving.inference import demo_frame, predict
+from fer_core.serving.models import available_models, default_models, load_model
+from fer_core.store.files import load_weights_file
+from fer_core.store.runs import REFERENCE_DIR, list_summaries
 
 ALL = sorted(p for p in REFERENCE_DIR.iterdir() if (p / "summary.json").is_file()) if REFERENCE_DIR.is_dir() else []
 #: trained runs; the rest are their deployable ONNX variants (derived runs)

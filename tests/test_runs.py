@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from fer_core.errors import FerError
-from fer_core.runs import Run, atomic_write_json, find_run, list_summaries, table
+from fer_core.common import FerError
+from fer_core.store.files import atomic_write_json
+from fer_core.store.runs import Run, find_run, list_summaries, table
 
 
 def test_run_ids_are_unique_even_when_created_together(tmp_path):

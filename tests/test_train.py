@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_config
-from fer_core.augment import AugmentConfig, augment_batch, normalize
-from fer_core.config import RunConfig, apply_recipe
-from fer_core.data import load
-from fer_core.engine import Step, lr_at, make_optimizer
-from fer_core.errors import FerError
+from fer_core.common import FerError
+from fer_core.data.augment import AugmentConfig, augment_batch, normalize
+from fer_core.data.sources import load
 from fer_core.models import create_model
-from fer_core.runs import Run, find_run
-from fer_core.train import fit
+from fer_core.store.runs import Run, find_run
+from fer_core.training.config import RunConfig, apply_recipe
+from fer_core.training.engine import Step, lr_at, make_optimizer
+from fer_core.training.trainer import fit
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Model registry: named families built from a width multiplier, plus a parameter-budget solver.
 
 ``create_model(name, width=...)`` and ``list_models()`` feed the command line, the dashboard's select
-boxes and a parametrized test over every model.
+boxes and a parametrized test over every model. Owns the families (``mobilenet``, ``cnn``, built from the
+shared blocks in ``layers``) and their stats (``stats``: parameters, state values, bytes, MACs, CPU latency).
+May import only :mod:`fer_core.common` and torch.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .. import NUM_CLASSES
-from ..errors import FerError
+from fer_core.common import NUM_CLASSES, FerError
+
 from .cnn import CNN
 from .mobilenet import MobileNet
 
@@ -46,6 +48,7 @@ def cnn(width: float = 1.0, num_classes: int = NUM_CLASSES, **kw) -> nn.Module:
 
 
 def list_models() -> list[str]:
+    """The registered family names, sorted (what ``create_model`` accepts)."""
     return sorted(_REGISTRY)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import conv_bn_act, make_divisible
+from .layers import conv_bn_act, make_divisible
 
 #: (out_channels, max-pool after) of each conv layer at width 1.0; 48 -> 24 -> 12 -> 6 -> 3.
 CONVS = [(64, True), (128, True), (256, True), (512, True), (512, False)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import conv_bn_act, make_divisible
+from .layers import conv_bn_act, make_divisible
 
 STEM = 64
 #: (out_channels, stride) of each depthwise-separable block at width 1.0.

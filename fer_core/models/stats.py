@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import statistics
 import time
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from .. import IMAGE_SIZE
+from fer_core.common import IMAGE_SIZE
 
 
 def count_trainable(model: nn.Module) -> int:
@@ -36,7 +38,6 @@ def saved_bytes(model: nn.Module, half: bool = False) -> int:
 
 def count_macs(model: nn.Module) -> int:
     """Multiply-accumulates for one 48x48 image (flop_counter's FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
@@ -51,7 +52,6 @@ def count_macs(model: nn.Module) -> int:
 
 def cpu_latency_ms(model: nn.Module, repeats: int = 30, threads: int = 1) -> float:
     """Median milliseconds for one image at batch 1 on the CPU, with ``threads`` threads (1: comparable)."""
-    import copy
 
     m = copy.deepcopy(model).cpu().float().eval()
     x = torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE)

@@ -1,0 +1,254 @@
+"""Comparisons over the runs table: Pareto frontiers, the matched-budget gap, two-run cards.
+
+Plain pandas in, plain pandas out: the dashboard and ``python -m fer_core compare`` print the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from fer_core.serving.models import load_model
+from fer_core.store.runs import lineage_text, table
+
+#: What the scatters can put on the x axis: column -> axis title (log scale for all).
+X_AXES = {
+    "params": "trainable parameters",
+    "bytes": "file size on disk (bytes; ONNX variants at their own size)",
+    "bytes_fp16": "saved size, fp16 (bytes)",
+    "bytes_fp32": "saved size, fp32 (bytes)",
+    "macs": "multiply-accumulates per image",
+    "latency_ms_cpu": "CPU latency, batch 1 (ms)",
+}
+Y_AXES = {"public_acc": "public accuracy", "private_acc": "private accuracy"}
+#: The course's size limits for the compressed model (bytes of the saved file).
+BYTE_LIMITS = {"strong baseline (225,000 B)": 225_000, "simple baseline (650,000 B)": 650_000}
+
+
+def runs_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The runs table with what the comparisons need: a y value for running runs (best public so far)."""
+    if df is None:
+        df = table()
+    df = df.copy()
+    if df.empty:
+        return df
+    live = df["status"].eq("running")
+    if "best_public_acc" in df.columns:
+        df.loc[live, "public_acc"] = df.loc[live, "best_public_acc"]
+    df["data"] = df["data"].fillna("unknown")
+    df["format"] = df["format"].fillna("torch") if "format" in df else "torch"
+    if "bytes_fp16" in df:
+        df["bytes"] = df["bytes"].fillna(df["bytes_fp16"]) if "bytes" in df else df["bytes_fp16"]
+    df["lineage_kind"] = [lineage_kind(r) for _, r in df.iterrows()]
+    return df
+
+
+def lineage_kind(row) -> str:
+    """How a run was trained: plain, distilled (has teachers), fine-tuned (started from a run), or both."""
+    taught = isinstance(row.get("teacher"), str) and bool(row.get("teacher"))
+    tuned = isinstance(row.get("init_run"), str) and bool(row.get("init_run"))
+    return {(False, False): "plain", (True, False): "distilled", (False, True): "fine-tuned"}.get(
+        (taught, tuned), "distilled + fine-tuned"
+    )
+
+
+def pareto_frontier(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The runs no other run beats: smaller (or equal) x and higher y. Sorted by x."""
+    d = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    keep, best = [], -math.inf
+    for idx, val in d[y].items():
+        if val > best:
+            keep.append(idx)
+            best = val
+    return d.loc[keep]
+
+
+def _curve(df: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray]:
+    g = df.groupby("params")[y].mean().sort_index()
+    return np.log10(g.index.to_numpy(dtype=float)), g.to_numpy(dtype=float)
+
+
+def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobilenet", b: str = "cnn") -> pd.DataFrame:
+    """Accuracy of family ``a`` minus family ``b`` at equal parameters, for every ``a`` model size.
+
+    Like is compared with like: separately for each data source and each recipe (a synthetic run is never
+    compared with a FER2013 one, nor a ``better`` run with a ``seed`` one), and on plain runs only: a distilled
+    or fine-tuned run learnt from another model, so it answers a different question (the Compare page and
+    the report show those against their teachers instead). ONNX variants are left out too: each is its
+    parent in another number format, so it would count one trained network twice; what a format costs is
+    in :func:`variants_table`, parent against variant.
+
+    Returns one row per (data, recipe, width of ``a``).
+    """
+    keys = ["data", "recipe"]
+    cols = keys + ["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df.copy()
+    d["recipe"] = d["recipe"].fillna("seed") if "recipe" in d else "seed"
+    if "lineage_kind" not in d:
+        d["lineage_kind"] = [lineage_kind(r) for _, r in d.iterrows()]
+    d = d[d["lineage_kind"] == "plain"]
+    if "format" in d:
+        d = d[d["format"].fillna("torch") == "torch"]
+    parts = [_gap_one_source(g, y, a, b).assign(data=k[0], recipe=k[1]) for k, g in d.groupby(keys)]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(parts, ignore_index=True)
+    return out[keys + [c for c in out.columns if c not in keys]]
+
+
+def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
+    """The gap on one data source.
+
+    ``b``'s accuracy at ``a``'s parameter count is interpolated linearly on log10(params) between ``b``'s
+    runs of the same seed (all seeds pooled when that seed has no ``b`` runs); sizes outside ``b``'s range
+    are not extrapolated. Several seeds give a mean and a sample standard deviation.
+    """
+    d = df[(df["status"] == "completed")].dropna(subset=[y, "params"])
+    fa, fb = d[d["family"] == a], d[d["family"] == b]
+    rows = []
+    if fa.empty or fb.empty:
+        return pd.DataFrame(columns=["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds"])
+    pooled = _curve(fb, y)
+    for width, grp in fa.groupby("width"):
+        params = float(grp["params"].iloc[0])
+        gaps, accs, others = [], [], []
+        for _, r in grp.iterrows():
+            same_seed = fb[fb["seed"] == r["seed"]]
+            xs, ys = _curve(same_seed, y) if same_seed["params"].nunique() >= 2 else pooled
+            lp = math.log10(params)
+            if len(xs) < 2 or lp < xs[0] - 1e-9 or lp > xs[-1] + 1e-9:
+                continue
+            other = float(np.interp(lp, xs, ys))
+            gaps.append(r[y] - other)
+            accs.append(r[y])
+            others.append(other)
+        if gaps:
+            rows.append(
+                {
+                    "width": width,
+                    "params": int(params),
+                    f"{a}_acc": float(np.mean(accs)),
+                    f"{b}_acc_interp": float(np.mean(others)),
+                    "gap_mean": float(np.mean(gaps)),
+                    "gap_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
+                    "seeds": len(gaps),
+                }
+            )
+    return pd.DataFrame(rows).sort_values("params").reset_index(drop=True) if rows else pd.DataFrame(rows)
+
+
+VARIANT_COLUMNS = [
+    "parent",
+    "format",
+    "params",
+    "bytes",
+    "bytes_ratio",
+    "public_acc",
+    "public_delta",
+    "private_acc",
+    "private_delta",
+    "latency_ms_cpu",
+    "speedup_vs_torch",
+    "run_id",
+]
+
+
+def variants_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every ONNX variant beside its parent: bytes (and their ratio to the parent's fp16 state dict), accuracy
+    change against the same network in fp32 (evaluated in the same export), and CPU latency against the
+    parent's torch model timed in the same export."""
+    if df.empty or "derived_from" not in df:
+        return pd.DataFrame(columns=VARIANT_COLUMNS)
+    v = df[df["derived_from"].notna() & df["status"].eq("completed")]
+    if v.empty:
+        return pd.DataFrame(columns=VARIANT_COLUMNS)
+    parents = df.set_index("run_id")
+    rows = []
+    for _, r in v.iterrows():
+        p = parents.loc[r["derived_from"]] if r["derived_from"] in parents.index else None
+        pb = p["bytes"] if p is not None else np.nan
+        rows.append(
+            {
+                "parent": r["derived_from"],
+                "format": r["format"],
+                "params": r["params"],
+                "bytes": r["bytes"],
+                "bytes_ratio": r["bytes"] / pb if pb and pd.notna(pb) else np.nan,
+                "public_acc": r["public_acc"],
+                "public_delta": r["public_acc"] - _baseline(r, "public"),
+                "private_acc": r["private_acc"],
+                "private_delta": r["private_acc"] - _baseline(r, "private"),
+                "latency_ms_cpu": r["latency_ms_cpu"],
+                "speedup_vs_torch": r.get("torch_latency_ms_cpu", np.nan) / r["latency_ms_cpu"],
+                "run_id": r["run_id"],
+            }
+        )
+    return pd.DataFrame(rows, columns=VARIANT_COLUMNS).sort_values(["parent", "bytes"]).reset_index(drop=True)
+
+
+def _baseline(row, split: str) -> float:
+    """The accuracy a variant is measured against: its network in fp32 on the exporting CPU, else the parent's."""
+    for key in (f"fp32_{split}_acc", f"parent_{split}_acc"):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and pd.notna(v):
+            return float(v)
+    return np.nan
+
+
+def two_run_card(run_ids: list[str]) -> list[dict]:
+    """Side by side: architecture print, params, bytes, public/private accuracy (the report's question 1)."""
+
+    cards = []
+    for rid in run_ids:
+        lm = load_model(rid)
+        s = lm.summary
+        cards.append(
+            {
+                "run_id": lm.name,
+                "family": lm.family,
+                "width": lm.width,
+                "params": s.get("params"),
+                "state_values": s.get("state_values"),
+                "bytes_fp32": s.get("bytes_fp32"),
+                "bytes_fp16": s.get("bytes_fp16"),
+                "macs": s.get("macs"),
+                "public_acc": s.get("public_acc"),
+                "private_acc": s.get("private_acc"),
+                "epochs_done": s.get("epochs_done"),
+                "recipe": s.get("recipe"),
+                "lineage": lineage_text(s),
+                "selected_weights": s.get("selected_weights", "raw"),
+                "data": s.get("data"),
+                "format": lm.format,
+                "bytes": s.get("bytes") or s.get("bytes_fp16"),
+                "derived_from": s.get("derived_from"),
+                "architecture": lm.architecture,
+            }
+        )
+    return cards
+
+
+def card_text(card: dict) -> str:
+    """One line of a two-run card's numbers (a variant has no state-dict sizes, only its file's bytes)."""
+
+    def num(key: str, unit: str) -> str | None:
+        v = card.get(key)
+        return f"{v:,} {unit}" if isinstance(v, (int, float)) else None
+
+    variant = card.get("format", "torch") != "torch"
+    parts = [
+        f"public {card['public_acc']:.4f}",
+        num("params", "params"),
+        num("state_values", "values with BatchNorm buffers"),
+        num("bytes", f"B {card['format']} file") if variant else num("bytes_fp16", "B fp16"),
+        num("bytes_fp32", "B fp32"),
+        num("macs", "MACs"),
+        num("epochs_done", "epochs"),
+        f"variant of {card['derived_from']}" if card.get("derived_from") else f"{card['selected_weights']} weights",
+    ]
+    return " · ".join(p for p in parts if p)

@@ -1,0 +1,55 @@
+"""The ``python -m fer_core`` command line: the contract the dashboard and the checks rely on.
+
+Owns argument parsing and printing only; every command calls one function of the packages below (it is the
+top layer and may import any of them). One module per command group, each with a ``register(sub)`` that adds
+its commands; :func:`build_parser` assembles them.
+
+Every command that takes ``--json`` prints one JSON document on stdout (anything else written while it runs,
+a library's progress included, goes to stderr). Errors caused by input go to stderr as one line and exit
+with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fer_core.cli import data, jobs, models, runs, serving, studies, training
+from fer_core.cli.common import json_stdout
+from fer_core.common import FerError
+
+#: The command groups, in the order ``--help`` lists them.
+GROUPS = (models, data, training, runs, serving, jobs, studies)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fer_core", description="FER Lab: how small can an expression model get?"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with json_stdout(getattr(args, "json", False)):
+            return args.func(args)
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or a machine problem (out of memory, disk full): one line, details on request
+        if os.environ.get("FER_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e} (set FER_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`predict` and `export-onnx`: faces in an image classified by several models, deployable ONNX variants."""
+
+from __future__ import annotations
+
+import sys
+
+from fer_core.cli.common import print_json
+from fer_core.common import FerError
+from fer_core.serving.inference import predict
+from fer_core.serving.models import load_model
+from fer_core.serving.onnx import FORMATS
+from fer_core.store.files import read_json
+from fer_core.store.runs import iter_runs, reference_dir
+from fer_core.studies.variants import export_variants
+
+
+def cmd_export_onnx(args) -> int:
+    refs = list(args.runs)
+    if args.all_reference:
+        refs += [r.run_id for r in iter_runs([reference_dir()]) if not r.summary().get("derived_from")]
+    if not refs:
+        raise FerError("export-onnx needs RUN arguments or --all-reference")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) or FORMATS
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    done, failed = [], []
+    for ref in refs:
+        try:
+            done += export_variants(
+                ref,
+                formats,
+                data=args.data,
+                out=args.out,
+                calibration_images=args.calibration_images,
+                force=args.force,
+                say=say,
+            )
+        except FerError as e:  # one run's failure (a parity check, other data) does not stop the others
+            failed.append(ref)
+            print(f"error: {e}", file=sys.stderr)
+    if args.json:
+        print_json([{"path": str(p), **(read_json(p / "summary.json") or {})} for p in done])
+    if failed:
+        print(f"{len(failed)} of {len(refs)} runs not exported: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_predict(args) -> int:
+    models = [load_model(r, runtime=args.runtime) for r in args.runs]
+    for m in models:
+        if m.runtime_note:
+            print(f"note: {m.name} runs on torch: {m.runtime_note}", file=sys.stderr)
+    res = predict(args.image, models, whole_image=args.whole_image)
+    if args.json:
+        print_json({"image": str(args.image), **res.to_dict()})
+        return 0
+    w, h = res.image_size
+    if not res.faces:
+        print(f"{args.image} ({w}x{h}): {res.message}; use --whole-image if it is already a cropped face")
+        return 0
+    print(f"{args.image} ({w}x{h}): {len(res.faces)} face(s), detection {res.detect_ms:.1f} ms")
+    for i, f in enumerate(res.faces):
+        print(f"face {i + 1} at x={f.box[0]} y={f.box[1]} {f.box[2]}x{f.box[3]}")
+        for p in f.predictions:
+            top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"  {p.model:<44} {p.label:<9} " + "  ".join(f"{k} {v:.2f}" for k, v in top) + f"  ({p.ms:.1f} ms)")
+    return 0
+
+
+def register(sub) -> None:
+    """Add this group's commands to the top-level parser's subcommands."""
+    s = sub.add_parser("export-onnx", help="ONNX fp32/fp16/int8 variants of runs, as derived runs beside them")
+    s.add_argument("runs", nargs="*", metavar="RUN", help="run ids or folders")
+    s.add_argument("--all-reference", action="store_true", help="every shipped reference run")
+    s.add_argument("--formats", default="fp32,fp16,int8", help="a comma-separated subset (default: fp32,fp16,int8)")
+    s.add_argument("--data", default=None, help="the parents' data: evaluation, int8 calibration (default: found)")
+    s.add_argument("--out", default=None, help="where the derived runs go (default: beside each parent)")
+    s.add_argument(
+        "--calibration-images", type=int, default=512, help="training images that calibrate int8 (default: 512)"
+    )
+    s.add_argument("--force", action="store_true", help="redo variants that exist (default: keep them)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("predict", help="find faces in an image and classify each with several models")
+    s.add_argument("image")
+    s.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run ids, run folders or weights files")
+    s.add_argument("--whole-image", action="store_true", help="treat the whole image as one face")
+    s.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="auto: ONNX Runtime when installed (faster on the CPU), else torch (default: auto)",
+    )
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)

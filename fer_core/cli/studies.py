@@ -1,0 +1,131 @@
+"""`reference`, `study beyond` and `bench`: the prepared studies and the benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fer_core.cli.common import add_ray_arguments, backend_from, base_config, print_json
+from fer_core.store.runs import runs_dir
+from fer_core.studies.bench import ray_overhead, run_bench
+from fer_core.studies.beyond import run_beyond
+from fer_core.studies.reference import run_reference, write_record
+from fer_core.training.config import add_arguments, apply_arguments
+
+
+def _study_done(record: dict, args) -> int:
+    """Write and print a study's record; exit 1 if any of its trainings failed."""
+
+    if args.record:
+        write_record(record, Path(args.record))
+    if args.json:
+        print_json(record)
+    return 0 if all(r.get("exit") == 0 for r in record.get("results", [])) else 1
+
+
+def cmd_reference(args) -> int:
+    record = run_reference(
+        args.epochs,
+        args.fit_in,
+        args.parallel,
+        apply_arguments(base_config(args), args),
+        better=not args.no_better,
+        dry_run=args.dry_run,
+        skip_done=Path(args.skip_done) if args.skip_done else None,
+        out=args.out,
+        backend=backend_from(args),
+    )
+    return _study_done(record, args)
+
+
+def cmd_study(args) -> int:
+    work = Path(args.work) if args.work else runs_dir() / "study-beyond"
+    record = run_beyond(
+        apply_arguments(base_config(args), args),
+        out=Path(args.out),
+        work=work,
+        fit_in=args.fit_in,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.student_epochs,
+        ref_epochs=args.reference_epochs,
+        reference_from=Path(args.reference_from) if args.reference_from else None,
+        parallel=args.parallel,
+        log=Path(args.log) if args.log else work / "progress.log",
+        dry_run=args.dry_run,
+        backend=backend_from(args),
+    )
+    return _study_done(record, args)
+
+
+def cmd_bench(args) -> int:
+    if args.ray:
+        doc = ray_overhead(out_dir=args.out, quiet=args.json)
+        if args.json:
+            print_json(doc)
+        return 0
+
+    doc = run_bench(
+        images=args.images,
+        frames=args.frames,
+        out_dir=args.out,
+        quiet=args.json,
+        device=args.device,
+        face_repeats=args.face_repeats,
+    )
+    if args.json:
+        print_json(doc)
+    return 0
+
+
+def register(sub) -> None:
+    """Add this group's commands to the top-level parser's subcommands."""
+    s = sub.add_parser("reference", help="the reference study (seed report rerun), sized to a time window")
+    s.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100)")
+    s.add_argument(
+        "--fit-in", type=float, default=None, metavar="SECONDS", help="lower the epochs (alike for all) to fit"
+    )
+    s.add_argument("--parallel", type=int, default=8, help="runs at once (default: 8)")
+    add_ray_arguments(s)
+    s.add_argument("--no-better", action="store_true", help="skip the two better-recipe runs")
+    s.add_argument("--skip-done", default=None, metavar="FOLDER", help="train only the runs FOLDER lacks")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only")
+    s.add_argument("--record", default=None, help="write the study's record (epochs, timings) to this JSON file")
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
+    add_arguments(s, exclude=("train.seed", "train.epochs"))
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("study", help="a prepared study in one command (beyond: teacher, students, reference gaps)")
+    s.add_argument("name", choices=["beyond"], help="beyond: see `python -m fer_core study beyond --help`")
+    s.add_argument("--fit-in", type=float, default=None, metavar="SECONDS", help="scale the epochs to fit (e.g. 540)")
+    s.add_argument("--teacher-epochs", type=int, default=300, help="the teacher's epochs before scaling (default: 300)")
+    s.add_argument("--student-epochs", type=int, default=200, help="students' epochs before scaling (default: 200)")
+    s.add_argument("--reference-epochs", type=int, default=None, help="(default: the reference runs' own, else 95)")
+    s.add_argument(
+        "--reference-from", default=None, metavar="FOLDER", help="reference runs already done (default: --out)"
+    )
+    s.add_argument("--parallel", type=int, default=None, help="runs at once per lane (default: all)")
+    add_ray_arguments(s)
+    s.add_argument("--out", default="results/reference", help="where finished runs are exported (default: %(default)s)")
+    s.add_argument("--work", default=None, help="where runs train (default: $FER_RUNS/study-beyond)")
+    s.add_argument("--log", default=None, help="progress log file (default: WORK/progress.log)")
+    s.add_argument("--record", default=None, help="write the study's record (plan, epochs, timings) to this JSON")
+    s.add_argument("--dry-run", action="store_true", help="print the plan only")
+    s.add_argument("--config", default=None, metavar="FILE", help="a RunConfig JSON every run starts from")
+    add_arguments(s, exclude=("train.seed", "train.epochs"))  # the study's recipes set the recipe fields
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("bench", help="training throughput vs a naive pipeline, and frame latency")
+    s.add_argument("--images", type=int, default=2560, help="training images per pipeline (default: 2560)")
+    s.add_argument("--frames", type=int, default=50, help="frames for the latency median (default: 50)")
+    s.add_argument(
+        "--face-repeats", type=int, default=300, help="one-face timings per model and runtime (default: 300)"
+    )
+    s.add_argument("--out", default=None, help="folder for the JSON (default: results/bench)")
+    s.add_argument("--device", default="cpu", help="cpu | cuda: where both training pipelines run (default: cpu)")
+    s.add_argument(
+        "--ray", action="store_true", help="instead: a local Ray's start time and its per-run overhead vs the queue"
+    )
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)

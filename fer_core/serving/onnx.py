@@ -1,0 +1,339 @@
+"""ONNX for serving and deployment: BatchNorm folded, export, fp16 and int8 files, ONNX Runtime sessions, and
+the checks that a file computes what its torch model does (parity, latency).
+
+The derived runs built from these files (``export-onnx``) live in :mod:`fer_core.studies.variants`.
+
+Formats:
+    fp32  the folded network as it is (parity with torch within 1e-4 of every probability)
+    fp16  weights stored as fp16 and cast to fp32 when the session loads: half the bytes, fp32 compute
+    int8  ONNX Runtime static quantization (QDQ, int8 weights per output channel, uint8 activations),
+          calibrated on training images only; the first convolution stays fp32 (one input channel: measured
+          slower in int8 and it costs accuracy)
+
+onnx and onnxruntime are imported inside the functions: training and the rest of ``fer_core`` never need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from fer_core.common import EMOTIONS, IMAGE_SIZE, NUM_CLASSES, FerError
+from fer_core.data.augment import normalize
+
+FORMATS = ("fp32", "fp16", "int8")
+OPSET = 17
+ONNX_FORMAT = "fer-lab/onnx/1"
+INPUT_NOTE = "float32 (N, 1, 48, 48): gray pixels / 127.5 - 1"
+#: Largest allowed difference of any probability against the torch model (fp32 and fp16 variants).
+PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+#: int8 must pick the torch model's expression on at least this share of the parity faces.
+INT8_MIN_AGREEMENT = 0.9
+PARITY_FACES = 256
+CALIBRATION_IMAGES = 512
+
+
+def need_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise FerError(
+            f"ONNX export and inference need the onnx and onnxruntime packages ({e.name} is missing)"
+        ) from None
+    return onnx, onnxruntime
+
+
+# --------------------------------------------------------------------------------------------------- folding
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm folded into the Conv/Linear beside it.
+
+    Conv→BN and Linear→BN fold into the layer before; a BatchNorm1d after an activation (MobileNet's head:
+    Linear, ReLU, BN, Dropout, Linear) folds into the next Linear, which is exact in eval mode because
+    Dropout is then the identity. Raises FerError if a BatchNorm is left that fits neither pattern.
+    """
+
+    m = copy.deepcopy(model).float().eval()
+    for seq in [s for s in m.modules() if isinstance(s, nn.Sequential)]:
+        mods = list(seq)
+        for i, bn in enumerate(mods):
+            if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                continue
+            prev = mods[i - 1] if i else None
+            if isinstance(prev, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i - 1] = fuse_conv_bn_eval(prev, bn)
+            elif isinstance(prev, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+                seq[i - 1] = fuse_linear_bn_eval(prev, bn)
+            else:
+                j = i + 1
+                while j < len(mods) and isinstance(mods[j], nn.Dropout):
+                    j += 1
+                if j == len(mods) or not isinstance(mods[j], nn.Linear) or not isinstance(bn, nn.BatchNorm1d):
+                    raise FerError(f"cannot fold {type(bn).__name__} after {type(prev).__name__} in {type(m).__name__}")
+                seq[j] = _fold_into_next_linear(bn, mods[j])
+            seq[i] = nn.Identity()
+            mods = list(seq)
+    left = [n for n, x in m.named_modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
+    if left:
+        raise FerError(f"BatchNorm layers left unfolded: {', '.join(left)}")
+    return m
+
+
+def _fold_into_next_linear(bn: nn.BatchNorm1d, lin: nn.Linear) -> nn.Linear:
+    """Linear(BN(x)) as one Linear: W' = W·diag(s), b' = b + W·t with BN(x) = s·x + t."""
+    s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    t = bn.bias.detach() - bn.running_mean * s
+    out = nn.Linear(lin.in_features, lin.out_features)
+    with torch.no_grad():
+        out.weight.copy_(lin.weight * s)
+        out.bias.copy_((lin.bias if lin.bias is not None else 0) + lin.weight @ t)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+def to_onnx(model: nn.Module, meta: dict | None = None) -> bytes:
+    """The model (BatchNorm folded) as ONNX bytes, opset 17, any batch size, with ``meta`` in its metadata."""
+    onnx, _ = need_onnx()
+    folded = fold_batchnorm(model)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is the older of two
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            folded,
+            (torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE),),
+            buf,
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "faces"}, "logits": {0: "faces"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    set_onnx_meta(proto, {"format": ONNX_FORMAT, "classes": ",".join(EMOTIONS), "input": INPUT_NOTE, **(meta or {})})
+    return proto.SerializeToString()
+
+
+def set_onnx_meta(proto, meta: dict) -> None:
+    keep = {p.key: p.value for p in proto.metadata_props}
+    keep.update({k: str(v) for k, v in meta.items()})
+    del proto.metadata_props[:]
+    for k, v in keep.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "fer-lab"
+
+
+def onnx_meta(src: bytes | Path) -> dict:
+    """The metadata stored in an ONNX file (family, width, classes, variant, parent run)."""
+    onnx, _ = need_onnx()
+    proto = parse_onnx(src)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def parse_onnx(src: bytes | Path):
+    onnx, _ = need_onnx()
+    name = str(src) if isinstance(src, Path) else "ONNX bytes"
+    try:
+        data = Path(src).read_bytes() if isinstance(src, Path) else src
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+    except OSError as e:
+        raise FerError(f"{name}: cannot read ({e.strerror})") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerError(f"{name}: not a valid ONNX model file (damaged or truncated? {first[:160]})") from None
+    if not proto.graph.node:
+        raise FerError(f"{name}: not a valid ONNX model file (no graph)")
+    return proto
+
+
+def weights_to_fp16(onnx_bytes: bytes) -> bytes:
+    """Store every float weight as fp16, cast back to fp32 inside the graph (ORT folds the casts at load)."""
+    onnx, _ = need_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load_from_string(onnx_bytes)
+    casts = []
+    for init in proto.graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), name + "_fp16"))
+        casts.append(helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT, name=f"cast_{name}"))
+    nodes = casts + list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 64) -> tuple[bytes, dict]:
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``calibration`` uint8 faces.
+
+    Returns the quantized model and the settings used (recorded in the derived run's summary).
+    """
+    onnx, _ = need_onnx()
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x = normalize(torch.from_numpy(np.ascontiguousarray(calibration))).numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{"image": x[i : i + batch]} for i in range(0, len(x), batch)])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    proto = onnx.load_from_string(onnx_bytes)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    # fp32 stays where int8 costs accuracy and buys nothing: the first conv (one input channel: measured slower
+    # in int8) and the classifier (7 outputs; in MobileNet it carries the folded head BatchNorm, whose scales
+    # spread its rows too widely for int8)
+    keep = [next(n.name for n in proto.graph.node if n.op_type == "Conv")]
+    keep.append([n.name for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")][-1])
+    settings = {
+        "format": "QDQ",
+        "weights": "int8, per output channel",
+        "activations": "uint8",
+        "calibration_method": "percentile 99.999",
+        "fp32_nodes": keep,
+    }
+    # ONNX Runtime prints its calibration progress to stdout; a caller's stdout may be a JSON document
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        src, pre, out = Path(d, "m.onnx"), Path(d, "pre.onnx"), Path(d, "q.onnx")
+        src.write_bytes(onnx_bytes)
+        quant_pre_process(str(src), str(pre))
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            nodes_to_exclude=keep,
+        )
+        q = onnx.load(str(out))
+    set_onnx_meta(q, meta)
+    return q.SerializeToString(), settings
+
+
+# --------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class OrtModel:
+    """An ONNX Runtime session that maps normalised faces (N, 1, 48, 48) to logits, like the torch model."""
+
+    session: object
+    source: str  # file path, or "exported in memory"
+    input_name: str = "image"
+
+    def __call__(self, x) -> torch.Tensor:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        out = self.session.run(None, {self.input_name: arr.astype(np.float32, copy=False)})[0]
+        return torch.from_numpy(out)
+
+    def logits(self, x_uint8: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Logits for uint8 faces (N, 48, 48), in batches."""
+        outs = [
+            self(normalize(torch.from_numpy(np.ascontiguousarray(x_uint8[i : i + batch])))).numpy()
+            for i in range(0, len(x_uint8), batch)
+        ]
+        return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def ort_session(src: bytes | Path, threads: int | None = None) -> OrtModel:
+    """A CPU ONNX Runtime session for an ONNX file or bytes; a damaged file gets a FerError naming it.
+
+    Args:
+        threads: intra-op threads (None: up to 4, as many as the CPU has; 1 for latency measurements).
+    """
+    _, ort = need_onnx()
+    name = str(src) if isinstance(src, Path) else "exported in memory"
+    parse_onnx(src)  # a clear error for damaged or truncated files, before ORT's own
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # ORT's warnings go to stderr, not to the user's page
+    # idle pool threads spinning after each call took the CPU OpenCV's face detector needs (measured: detection
+    # 15 -> 22 ms per frame on 2 cores with spinning on)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        data = Path(src).read_bytes() if isinstance(src, Path) else src
+        sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerError(f"{name}: ONNX Runtime cannot run this model ({first[:200]})") from None
+    return OrtModel(sess, name, sess.get_inputs()[0].name)
+
+
+def latency_ms(model, repeats: int = 200) -> float:
+    """Median milliseconds for one face (batch 1) through ``model`` (torch module or OrtModel)."""
+    x = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    ts = []
+    with torch.inference_mode():
+        for i in range(repeats + 20):
+            t = time.perf_counter()
+            model(x)
+            if i >= 20:  # warm-up: allocation and first-call costs are not the steady state
+                ts.append(time.perf_counter() - t)
+    return round(statistics.median(ts) * 1000, 4)
+
+
+def probabilities(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def parity(reference: nn.Module, variant: OrtModel, faces: np.ndarray) -> dict:
+    """How closely ``variant`` follows the torch model on ``faces``: max probability difference, top-1 agreement."""
+    with torch.inference_mode():
+        ref = reference.float().eval()(normalize(torch.from_numpy(np.ascontiguousarray(faces)))).numpy()
+    got = variant.logits(faces)
+    p, q = probabilities(ref), probabilities(got)
+    return {
+        "faces": int(len(faces)),
+        "max_prob_diff": float(np.abs(p - q).max()),
+        "top1_agreement": round(float((p.argmax(1) == q.argmax(1)).mean()), 4),
+    }
+
+
+def check_parity(fmt: str, result: dict) -> str | None:
+    """None if ``result`` passes this format's check, else why not."""
+    if fmt in PARITY_TOLERANCE and result["max_prob_diff"] > PARITY_TOLERANCE[fmt]:
+        return f"max probability difference {result['max_prob_diff']:.2e} > {PARITY_TOLERANCE[fmt]:g}"
+    if fmt == "int8" and result["top1_agreement"] < INT8_MIN_AGREEMENT:
+        return f"top-1 agreement {result['top1_agreement']:.3f} < {INT8_MIN_AGREEMENT}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- derived runs

@@ -1,0 +1,129 @@
+"""Turn what a user names (a run id, a run folder, a weights file) into a ready model, safely.
+
+Weights load with ``torch.load(weights_only=True)``: a file holding pickled objects is refused and
+nothing of it runs. A model is rebuilt from the config saved beside (or inside) its weights; a bare
+state dict is matched against every registered family by its tensor shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fer_core.common import NUM_CLASSES, FerError
+from fer_core.models import WIDTH_RANGE, create_model, list_models
+from fer_core.store.files import load_weights_file
+from fer_core.store.runs import Run, find_run, reference_dir
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with where it came from."""
+
+    name: str  # what to call it on screen: the run id, or the weights file's name
+    family: str
+    width: float
+    model: Callable  # normalised faces (N, 1, 48, 48) -> logits: the torch module, or an ONNX Runtime session
+    run_id: str | None = None
+    source: str = "file"  # "user", "reference" or "file"
+    summary: dict = field(default_factory=dict)
+    runtime: str = "torch"  # what computes the logits: "torch" or "onnxruntime"
+    format: str = "torch"  # what was loaded: "torch" weights, or an ONNX variant ("onnx-int8", ...)
+    runtime_note: str | None = None  # why a model asked for ONNX Runtime is served by torch
+    torch_model: nn.Module | None = None  # the torch module, when there is one (architecture, teachers)
+
+    @property
+    def architecture(self) -> str:
+        if self.torch_model is not None:
+            return str(self.torch_model)
+        return f"{self.format} file ({self.model.source}), run by ONNX Runtime"
+
+
+def _infer_arch(state: dict) -> tuple[str, float]:
+    """Find the family and width whose tensor shapes match a bare state dict."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    stem = shapes.get("features.0.0.weight")
+    if stem is None:
+        raise FerError("weights do not look like any FER Lab model (no features.0.0.weight)")
+    lo, hi = WIDTH_RANGE
+    w = lo
+    tried = set()
+    while w <= hi:
+        wr = float(f"{w:.3g}")
+        for family in list_models():
+            with torch.device("meta"):
+                m = create_model(family, wr, NUM_CLASSES)
+            ms = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+            key = (family, tuple(sorted(ms.items())))
+            if key in tried:
+                continue
+            tried.add(key)
+            if ms == shapes:
+                return family, wr
+        w *= 1.01
+    raise FerError("weights do not match any registered family at any width (see `python -m fer_core models`)")
+
+
+class NotTrainedModel(FerError):
+    """The name points at an ONNX variant (a derived run or an .onnx file): there is no torch module to load."""
+
+
+def load_torch_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load a trained run (id or folder) or a weights file as a torch module (``torch_model``).
+
+    For training from it (``--init``), distilling with it (``--teacher``) and evaluating it. ONNX variants have
+    no torch module: they raise :class:`NotTrainedModel` naming their parent; serve them with
+    :func:`fer_core.serving.models.load_model`.
+    """
+    p = Path(ref)
+    run: Run | None = None
+    if p.is_file():
+        if p.suffix.lower() == ".onnx":
+            raise NotTrainedModel("is an ONNX file: give a trained run")
+        payload = load_weights_file(p)
+        if (p.parent / "summary.json").is_file():
+            run = Run(p.parent)
+    else:
+        run = find_run(str(ref))
+        summary = run.summary()
+        if summary.get("derived_from"):
+            fmt, parent = summary.get("format") or "onnx", summary["derived_from"]
+            raise NotTrainedModel(f"is an ONNX variant ({fmt}): give its trained run {parent}")
+        if not run.weights_file.is_file():
+            status = summary.get("status", "unknown")
+            raise FerError(f"run {run.run_id} has no weights file (status: {status}); it may not have finished")
+        payload = load_weights_file(run.weights_file)
+    mcfg = payload.get("model") or (run.config().get("model") if run else None)
+    if mcfg:
+        family, width = mcfg["family"], float(mcfg["width"])
+    else:
+        family, width = _infer_arch(payload["state_dict"])
+    model = create_model(family, width, int((mcfg or {}).get("num_classes", NUM_CLASSES)))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise FerError(f"{ref}: the weights do not fit a {family} of width {width:g} ({first})") from None
+    model.eval().to(device)
+    return LoadedModel(
+        name=run.run_id if run else p.name,
+        family=family,
+        width=width,
+        model=model,
+        run_id=run.run_id if run else None,
+        source=run_source(run),
+        summary=run.summary() if run else {},
+        torch_model=model,
+    )
+
+
+def run_source(run: Run | None) -> str:
+    """Where a model comes from, as the pages label it: the user's runs, the shipped reference runs, or a file."""
+    if run is None:
+        return "file"
+    return "reference" if run.path.parent.resolve() == reference_dir().resolve() else "user"

@@ -1,0 +1,14 @@
+"""Training: one ``RunConfig`` in, a finished run in the results store out.
+
+Owns: the config and its recipes (``config``: every field, its validation, the flags made from it), the
+training step and what it is made of (``engine``: augmentation on the device, mixup/cutmix, distillation,
+optimizers, schedule, EMA, the CUDA-graph step), evaluation on a split (``evaluation``), and ``fit`` in named
+phases with checkpoints and resume (``trainer``). May import the store, models, data and common; never
+serving, analysis, jobs, studies, Ray or any UI library (it runs on a GPU machine that has none of them).
+"""
+
+from fer_core.training.config import RECIPES, RunConfig, apply_recipe
+from fer_core.training.evaluation import Evaluation, evaluate
+from fer_core.training.trainer import fit, resolve_device
+
+__all__ = ["RECIPES", "Evaluation", "RunConfig", "apply_recipe", "evaluate", "fit", "resolve_device"]
