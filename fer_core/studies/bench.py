@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from fer_core.data.synthetic import make_split
 from fer_core.jobs.queue import prepare_job, run_configs
@@ -52,6 +51,8 @@ def naive_throughput(
     x: np.ndarray, y: np.ndarray, batch: int = 128, workers: int = 0, seed: int = 0, device: str = "cpu"
 ) -> float:
     """Images/second of the seed-style pipeline: per-image torchvision transforms in a DataLoader, fp32 NCHW."""
+    # torchvision is only this baseline's (importing it costs 1.6 s here: it loads torch._dynamo)
+    from torchvision import transforms as T
 
     tf = T.Compose(
         [
