@@ -56,6 +56,7 @@ def streamlit_server(tmp: Path, reference: Path | None = None):
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
+    log = open(tmp / "server.log", "wb")  # closed below, after the server
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -72,7 +73,9 @@ def streamlit_server(tmp: Path, reference: Path | None = None):
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        # a file, not a pipe nobody reads: once a pipe's buffer fills, the server blocks on its next log line
+        # and every page stays blank (seen: the file watcher's warnings filled it mid-test)
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
@@ -91,6 +94,7 @@ def streamlit_server(tmp: Path, reference: Path | None = None):
         except subprocess.TimeoutExpired:  # a server still closing WebRTC sessions: this is a test server
             proc.kill()
             proc.wait(timeout=20)
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,6 @@ def _baseline(row, split: str) -> float:
 
 def two_run_card(run_ids: list[str]) -> list[dict]:
     """Side by side: architecture print, params, bytes, public/private accuracy (the report's question 1)."""
-
     cards = []
     for rid in run_ids:
         lm = load_model(rid)

@@ -206,7 +206,6 @@ def probabilities(probs: dict[str, float], title: str = ""):
 
 def export_png(fig, path, width: int = 1000, height: int = 560) -> None:
     """Write a figure as PNG (kaleido, which drives a local Chrome or Chromium)."""
-
     try:
         fig.write_image(str(path), width=width, height=height, scale=2)
     except Exception as e:  # no kaleido, or no browser for it to drive
@@ -219,7 +218,6 @@ def export_png(fig, path, width: int = 1000, height: int = 560) -> None:
 def report_figures(df: pd.DataFrame, out_dir, data: str = "fer2013", y: str = "private_acc") -> list:
     """The report's two scatters as PNG files: accuracy against parameters, and against bytes on disk (trained
     runs at their fp16 state dict's size, ONNX variants at their file's)."""
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = df[(df["data"] == data) & (df["status"] == "completed")]

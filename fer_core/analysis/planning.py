@@ -45,7 +45,6 @@ def plan(
 
 def costs(item: dict) -> dict:
     """Parameters, saved bytes and MACs of a planned model (no latency: that is measured when trained)."""
-
     return model_stats(create_model(item["family"], item["width"]), latency=False)
 
 

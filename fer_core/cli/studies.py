@@ -14,7 +14,6 @@ from fer_core.training.config import add_arguments, apply_arguments
 
 def _study_done(record: dict, args) -> int:
     """Write and print a study's record; exit 1 if any of its trainings failed."""
-
     if args.record:
         write_record(record, Path(args.record))
     if args.json:

@@ -15,7 +15,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 def read_image(file: Path) -> np.ndarray:
     """Any image file as 48x48 gray uint8; honours EXIF rotation; clear error when unreadable."""
-
     try:
         with Image.open(file) as img:
             img = ImageOps.exif_transpose(img)
@@ -28,13 +27,11 @@ def read_image(file: Path) -> np.ndarray:
 
 def to_gray48(arr: np.ndarray) -> np.ndarray:
     """Any 2-D or 3-D image array (gray, RGB, RGBA, 16-bit, float) as 48x48 uint8 gray."""
-
     return cv2.resize(to_gray_u8(arr), (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
 
 
 def to_gray_u8(arr: np.ndarray) -> np.ndarray:
     """Any image array as uint8 gray at its own size."""
-
     a = np.asarray(arr)
     if a.dtype == np.uint16 or a.dtype == np.int32:
         a = (a.astype(np.float32) / (65535.0 if a.max() > 255 else 255.0) * 255.0).round()

@@ -56,7 +56,6 @@ def resolve_spec(spec: str | os.PathLike | None = None) -> str:
 
 def make_synthetic(n_train: int | None = None, seed: int = 0) -> FerData:
     """Synthetic faces (train/public/private) drawn by :mod:`fer_core.data.synthetic`, named ``synthetic``."""
-
     sizes = dict(DEFAULT_SIZES)
     if n_train:
         sizes = {"train": n_train, "public": max(70, n_train // 6), "private": max(70, n_train // 6)}

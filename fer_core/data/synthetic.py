@@ -34,7 +34,6 @@ def _curve(cv2, img, x0, x1, y, bend, color, thick, lean=0.0, n=12):
 
 def draw_face(expression: int, rng: np.random.Generator, size: int = IMAGE_SIZE, intensity: float | None = None):
     """One gray face of the given expression (0..6, FER order) as a ``size`` x ``size`` uint8 array."""
-
     W = size * _S
     k = float(rng.uniform(0.45, 1.0)) if intensity is None else intensity
     bg = float(rng.uniform(20, 200))

@@ -139,7 +139,6 @@ def run_configs(
 
     With ``backend`` (a Ray spec) the trainings run as Ray tasks through a queued job instead, and this waits
     for it (the runs still land in ``out`` or the usual runs folder)."""
-
     if backend:
         return _run_job_and_wait(cfgs, {**backend, "out": str(out) if out else None}, on_done)
 

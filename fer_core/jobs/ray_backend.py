@@ -117,7 +117,6 @@ def _pack_run(run: Run) -> dict[str, bytes]:
 
 def _train_task(cfg_dict: dict, data, item: int, shipped: dict, progress) -> dict:
     """Runs on a worker: train one config into a temporary store, pushing progress; return the run's files."""
-
     with tempfile.TemporaryDirectory(prefix="fer-ray-") as tmp:
         store = Path(tmp) / "runs"
         store.mkdir()
@@ -172,7 +171,6 @@ def run_ray_job(job_dir: Path, plan: dict, state: dict, save) -> int:
     Args:
         save: writes ``state`` (the queue's state.json writer).
     """
-
     spec = plan["backend"]
     items = state["items"]
     cancelled = lambda: (job_dir / "cancel").exists()

@@ -38,7 +38,6 @@ def saved_bytes(model: nn.Module, half: bool = False) -> int:
 
 def count_macs(model: nn.Module) -> int:
     """Multiply-accumulates for one 48x48 image (flop_counter's FLOPs / 2)."""
-
     was_training = model.training
     model.eval()
     p = next(model.parameters())
@@ -52,7 +51,6 @@ def count_macs(model: nn.Module) -> int:
 
 def cpu_latency_ms(model: nn.Module, repeats: int = 30, threads: int = 1) -> float:
     """Median milliseconds for one image at batch 1 on the CPU, with ``threads`` threads (1: comparable)."""
-
     m = copy.deepcopy(model).cpu().float().eval()
     x = torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE)
     old = torch.get_num_threads()

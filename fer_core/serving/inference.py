@@ -92,7 +92,6 @@ def load_image(source, name: str = "image") -> np.ndarray:
     Handles EXIF rotation, palette/RGBA/CMYK/16-bit images, and shrinks huge images; anything that is
     not an image gets a FerError naming it.
     """
-
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, (str, Path)):
@@ -138,7 +137,6 @@ def detect_faces(
         sizes: (smallest, largest) face side to look for, in ``gray``'s pixels (default: from 12% of the
             shorter side up); a narrower range searches fewer scales (the live path knows its faces' sizes).
     """
-
     h, w = gray.shape
     s = min(1.0, max_side / max(h, w))
     small = cv2.resize(gray, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else gray
@@ -218,7 +216,6 @@ def demo_frame(expression: int = 3, seed: int = 1, size: tuple[int, int] = (640,
 
     The default seed draws a face that OpenCV's Haar cascade finds.
     """
-
     rng = np.random.default_rng(seed)
     w, h = size
     frame = np.full((h, w), 128, np.uint8)

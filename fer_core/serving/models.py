@@ -44,7 +44,6 @@ def load_model(ref: str | Path, device: str = "cpu", runtime: str = "torch") -> 
 
 def _load_onnx(path: Path, run: Run | None) -> LoadedModel:
     """An ONNX variant: family and width from its run's summary or the file's own metadata."""
-
     runner = ort_session(path)
     meta = onnx_meta(path)
     summary = run.summary() if run else {}
@@ -74,7 +73,6 @@ def use_onnxruntime(lm: LoadedModel, device: str = "cpu", insist: bool = False) 
     if onnxruntime is installed and the session gives torch's probabilities within ``SERVE_TOLERANCE``.
 
     Otherwise torch keeps serving and ``lm.runtime_note`` says why (``insist``: raise a FerError instead)."""
-
     try:
         if device != "cpu":
             raise FerError(f"ONNX Runtime serves CPU models here, not {device}")
@@ -101,7 +99,6 @@ def onnxruntime_available() -> bool:
 def available_models() -> list[dict]:
     """Every completed run with weights or an ONNX file, shipped reference runs first, then by family, size
     and format (each trained run before its variants). ``runtime`` says what will serve it."""
-
     ort_ok = onnxruntime_available()
     rows = []
     for s in list_summaries():

@@ -68,7 +68,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     Linear, ReLU, BN, Dropout, Linear) folds into the next Linear, which is exact in eval mode because
     Dropout is then the identity. Raises FerError if a BatchNorm is left that fits neither pattern.
     """
-
     m = copy.deepcopy(model).float().eval()
     for seq in [s for s in m.modules() if isinstance(s, nn.Sequential)]:
         mods = list(seq)

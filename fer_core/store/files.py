@@ -60,7 +60,6 @@ def weights_payload(state_dict: dict, model_cfg: dict, **meta) -> dict:
 def load_weights_file(path: Path) -> dict:
     """Load a weights file safely: never runs pickled code; a file that is not plain data is refused, and a
     damaged one (random bytes, cut short) is called that, not mistaken for an attack."""
-
     path = Path(path)
     if not path.is_file():
         raise FerError(f"{path}: weights file not found")
@@ -88,7 +87,6 @@ def _names_code(path: Path) -> bool:
     Read with pickletools, which parses opcodes and executes nothing. Random or cut-short bytes fail to
     parse and are reported as damaged, not as an attack.
     """
-
     data = path.read_bytes()
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:

@@ -240,7 +240,6 @@ def table(dirs: list[Path] | None = None):
     ``format`` is "torch" for a trained run and "onnx-fp32"/"onnx-fp16"/"onnx-int8" for a derived variant;
     ``bytes`` is the size on disk of what would be deployed: the ONNX file of a variant, the fp16 state dict
     (``torch.save``) of a trained run."""
-
     rows = [
         {
             **{k: v for k, v in s.items() if not isinstance(v, (dict, list))},

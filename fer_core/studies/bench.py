@@ -108,7 +108,6 @@ def engine_throughput(
 ) -> float:
     """Images/second of our engine's training step (data as one tensor on the device, batched augmentation,
     channels_last; on CUDA bf16 autocast and the step replayed as a CUDA graph)."""
-
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = create_model(family, 1.0).to(dev).to(memory_format=memory_format(dev))
@@ -130,7 +129,6 @@ def engine_throughput(
 
 def _models(runtime: str) -> list:
     """The two width-1.0 models (their weights do not change the timings), served by ``runtime``."""
-
     out = []
     for f in ("mobilenet", "cnn"):
         m = create_model(f, 1.0).eval()
@@ -141,7 +139,6 @@ def _models(runtime: str) -> list:
 
 def frame_latency(frames: int = 50, runtime: str = "torch") -> dict:
     """Median ms of predict() on a 640x480 frame with one face, with both width-1.0 models."""
-
     models = _models(runtime)
     frame = np.ascontiguousarray(np.stack([demo_frame()] * 3, -1))  # RGB, as a webcam gives
     res = predict(frame, models)
@@ -165,7 +162,6 @@ def live_latency(frames: int = 100, runtime: str = "onnxruntime") -> dict:
     """The live-video path on a 640x480 stream with one face and both width-1.0 models: every frame through the
     same :class:`LiveProcessor` the page's callback uses, with the video-frame conversions the callback does
     (PyAV, when installed). Returns medians and p90 per stage, and the frames per second it sustains."""
-
     try:
         import av
     except ImportError:
@@ -214,7 +210,6 @@ def ray_overhead(n: int = 4, epochs: int = 1, out_dir: str | None = None, quiet:
     """The Ray backend against the local queue on this machine: the time to start a local Ray (2 CPUs), and
     the wall time of the same ``n`` tiny trainings (2 at a time) through each; the difference per run is the
     backend's overhead (task scheduling, shipping fer_core and the data, progress and results coming back)."""
-
     say = (lambda *a: None) if quiet else print
     cfg = RunConfig()
     cfg.model.family, cfg.model.width = "cnn", 0.1
@@ -276,7 +271,6 @@ def ray_overhead(n: int = 4, epochs: int = 1, out_dir: str | None = None, quiet:
 def face_latency(repeats: int = 300) -> dict:
     """Median ms to classify one face (batch 1, one thread) per model: eager torch against ONNX Runtime fp32,
     fp16-weights and int8 (calibrated on synthetic faces: timings do not depend on the weights)."""
-
     calib = make_split(256, seed=5, split_index=0)[0]
     old = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -194,7 +194,6 @@ def _run_id_of(ref: str) -> str:
 
 def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
     """Copy a finished run (config, summary, metrics, and weights as fp16/fp32/none) into ``dest``."""
-
     s = run.summary()
     if s.get("status") != "completed":
         raise FerError(f"run {run.run_id} is {s.get('status')}, only completed runs can be exported")

@@ -69,7 +69,6 @@ def export_variants(
         out: where the derived folders go (default: beside the parent).
         force: replace existing variants (default: keep them and say so).
     """
-
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise FerError(f"unknown format {bad[0]!r}: choose from {', '.join(FORMATS)}")
@@ -154,7 +153,6 @@ def export_variants(
 
 def _evaluate(runner: OrtModel, fd) -> dict:
     """The public and private evaluations of an ONNX Runtime model."""
-
     out = {}
     for split in ("public", "private"):
         x, y = fd.split(split)

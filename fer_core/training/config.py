@@ -120,7 +120,6 @@ class RunConfig:
 
     def validate(self, where: str = "config") -> RunConfig:
         """Check every value's range before anything runs; returns self. Errors name the field."""
-
         m, d, t, k = self.model, self.data, self.train, self.distill
 
         def need(ok: bool, name: str, what: str) -> None:
