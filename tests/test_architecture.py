@@ -26,6 +26,10 @@ def test_every_package_says_what_it_owns_and_what_it_may_import():
     for init in sorted(PACKAGE.glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert len(doc) > 150 and ("import" in doc), f"{init.relative_to(ROOT)}: docstring must say both"
+        tree = ast.parse(init.read_text())
+        if init.parent.name not in ("common", "models", "cli"):  # those hold code; the others only describe
+            imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not imports, f"{init.relative_to(ROOT)} imports: using one module would load the whole package"
 
 
 def test_no_module_over_500_lines():
@@ -114,3 +118,17 @@ def test_import_fer_core_is_instant_and_the_api_resolves():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_each_command_runs_with_only_its_own_group_loaded():
+    """`COMMANDS` says which group module registers each command: a command in the wrong row would fail."""
+    import argparse
+
+    from fer_core.cli import COMMANDS, build_parser
+
+    def choices(p: argparse.ArgumentParser) -> list[str]:
+        return list(next(a for a in p._actions if a.dest == "command").choices)
+
+    assert choices(build_parser()) == list(COMMANDS)
+    for command, group in COMMANDS.items():
+        assert command in choices(build_parser(command)), f"{command} is not registered by cli/{group}.py"

@@ -311,3 +311,8 @@ def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_r
     cfg.distill.teachers = [f"{trained_run.name}-onnx-fp16"]
     with pytest.raises(FerError, match=f"is an ONNX variant \\(onnx-fp16\\): give its trained run {trained_run.name}"):
         load_lineage(cfg)
+    # the command line, where --init alone names what to build
+    r = run_cli(
+        "train", "--init", f"{trained_run.name}-onnx-fp16", "--print-config", env={"FER_RUNS": str(trained_run.parent)}
+    )
+    assert r.returncode == 2 and f"is an ONNX variant (onnx-fp16): give its trained run {trained_run.name}" in r.stderr

@@ -6,8 +6,3 @@ only module that imports plotly, and only when a figure is drawn); sweep plannin
 (``planning``); which data and device the defaults use (``status``). May import serving, training, the store,
 models, data and common.
 """
-
-from fer_core.analysis.compare import matched_budget_gap, pareto_frontier, runs_frame, variants_table
-from fer_core.analysis.planning import configs, plan
-
-__all__ = ["configs", "matched_budget_gap", "pareto_frontier", "plan", "runs_frame", "variants_table"]

@@ -2,7 +2,9 @@
 
 Owns argument parsing and printing only; every command calls one function of the packages below (it is the
 top layer and may import any of them). One module per command group, each with a ``register(sub)`` that adds
-its commands; :func:`build_parser` assembles them.
+its commands; :func:`build_parser` assembles them. A command imports only its own group (``COMMANDS``), so
+``train`` (which every queued training runs) does not load what ``predict`` or ``compare`` need; ``--help``
+imports them all.
 
 Every command that takes ``--json`` prints one JSON document on stdout (anything else written while it runs,
 a library's progress included, goes to stderr). Errors caused by input go to stderr as one line and exit
@@ -12,29 +14,40 @@ with code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-from fer_core.cli import data, jobs, models, runs, serving, studies, training
 from fer_core.cli.common import json_stdout
 from fer_core.common import FerError
 
-#: The command groups, in the order ``--help`` lists them.
-GROUPS = (models, data, training, runs, serving, jobs, studies)
+#: Each command and the module (``fer_core.cli.<group>``) that registers it, in the order ``--help`` lists them.
+COMMANDS = {
+    **dict.fromkeys(["models", "describe"], "models"),
+    **dict.fromkeys(["status", "data"], "data"),
+    **dict.fromkeys(["train", "sweep", "recipes"], "training"),
+    **dict.fromkeys(["export", "compare", "figures", "eval", "runs"], "runs"),
+    **dict.fromkeys(["export-onnx", "predict"], "serving"),
+    **dict.fromkeys(["jobs", "cancel", "queue"], "jobs"),
+    **dict.fromkeys(["reference", "study", "bench"], "studies"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for ``command``'s group (what running that command needs)."""
     p = argparse.ArgumentParser(
         prog="python -m fer_core", description="FER Lab: how small can an expression model get?"
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for group in GROUPS:
-        group.register(sub)
+    groups = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for group in groups:
+        importlib.import_module(f"fer_core.cli.{group}").register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         with json_stdout(getattr(args, "json", False)):
             return args.func(args)

@@ -11,7 +11,7 @@ from fer_core.cli.common import add_ray_arguments, backend_from, base_config, nu
 from fer_core.common import FerError
 from fer_core.jobs.queue import run_configs
 from fer_core.models import count_params, solve_width
-from fer_core.serving.models import load_model
+from fer_core.store.loading import NotTrainedModel, load_torch_model
 from fer_core.store.runs import Run, find_run, runs_dir
 from fer_core.training.config import RECIPES, RunConfig, add_arguments, apply_arguments, recipe_table
 from fer_core.training.trainer import fit, install_cancel_handler
@@ -21,7 +21,10 @@ def _train_config(args) -> RunConfig:
     """``train``'s config: --config FILE (or the defaults), the model flags, then every explicit flag over it."""
     cfg = base_config(args)
     if args.model is None and not args.config and args.init:  # fine-tuning: the init run says what to build
-        init = load_model(args.init)
+        try:
+            init = load_torch_model(args.init)
+        except NotTrainedModel as e:
+            raise FerError(f"init: {args.init!r} {e}") from None
         cfg.model.family, cfg.model.width = init.family, init.width
     elif args.model is None and not args.config:
         raise FerError("train needs --model (mobilenet or cnn), --config FILE, --init RUN or --resume RUN")

@@ -6,21 +6,3 @@ from users as gray uint8 (``images``), the procedurally drawn synthetic faces (`
 on-device augmentation and normalisation (``augment``). May import only :mod:`fer_core.common` (and numpy,
 torch, pandas, Pillow, OpenCV).
 """
-
-from fer_core.data.augment import AugmentConfig, augment_batch, normalize
-from fer_core.data.dataset import SPLITS, FerData
-from fer_core.data.images import to_gray48, to_gray_u8
-from fer_core.data.sources import load, make_synthetic, resolve_spec
-
-__all__ = [
-    "SPLITS",
-    "AugmentConfig",
-    "FerData",
-    "augment_batch",
-    "load",
-    "make_synthetic",
-    "normalize",
-    "resolve_spec",
-    "to_gray48",
-    "to_gray_u8",
-]

@@ -5,7 +5,3 @@ Owns: a job (a queue of trainings, one config file each) written to disk and run
 their metrics and checkpoints back into the local store (``ray_backend``, the one module that imports ray,
 and only when a job asks for it). May import analysis, serving, training, the store, models, data and common.
 """
-
-from fer_core.jobs.queue import Job, cancel_job, cancel_run, list_jobs, run_configs, submit
-
-__all__ = ["Job", "cancel_job", "cancel_run", "list_jobs", "run_configs", "submit"]

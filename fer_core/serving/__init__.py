@@ -6,18 +6,3 @@ ready to serve and the runtime that computes them (``models``), and ONNX: BatchN
 int8 files, ONNX Runtime sessions and parity checks (``onnx``, the one module that imports onnx and
 onnxruntime). May import training (evaluation), the store, models, data and common.
 """
-
-from fer_core.serving.inference import Face, ModelPrediction, PredictResult, classify, load_image, predict
-from fer_core.serving.models import available_models, default_models, load_model
-
-__all__ = [
-    "Face",
-    "ModelPrediction",
-    "PredictResult",
-    "available_models",
-    "classify",
-    "default_models",
-    "load_image",
-    "load_model",
-    "predict",
-]

@@ -6,9 +6,3 @@ optimizers, schedule, EMA, the CUDA-graph step), evaluation on a split (``evalua
 phases with checkpoints and resume (``trainer``). May import the store, models, data and common; never
 serving, analysis, jobs, studies, Ray or any UI library (it runs on a GPU machine that has none of them).
 """
-
-from fer_core.training.config import RECIPES, RunConfig, apply_recipe
-from fer_core.training.evaluation import Evaluation, evaluate
-from fer_core.training.trainer import fit, resolve_device
-
-__all__ = ["RECIPES", "Evaluation", "RunConfig", "apply_recipe", "evaluate", "fit", "resolve_device"]
