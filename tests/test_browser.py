@@ -209,6 +209,12 @@ def test_the_whole_path_in_a_real_browser(server, page):
     page.screenshot(path=str(SHOTS / "home.png"))
 
 
+#: whether the Live video toggle's checkbox is in the state given
+CHECKED = """(want) => {
+    const box = [...document.querySelectorAll("[data-testid='stCheckbox']")]
+        .find(b => b.innerText.includes('Live video'));
+    return !!box && box.querySelector('input').checked === want;
+}"""
 SIDEBAR_PAGES = "[...document.querySelectorAll('[data-testid=\"stSidebarNav\"] a')].map(a => a.innerText.trim())"
 
 
@@ -234,7 +240,12 @@ def test_deep_links_open_inside_the_app_and_live_video_labels_faces(browser, tmp
         page.get_by_text("Try it", exact=True).first.wait_for()
 
         page.get_by_role("tab", name="Live video").click()
-        page.get_by_text("Live video", exact=True).last.click()  # the toggle: starts the stream
+        # the toggle, once the tab has drawn it (right after the tab's click, "Live video" text is the tab alone:
+        # clicking that again left the stream off in CI)
+        toggle = page.locator("[data-testid='stCheckbox']", has_text="Live video")
+        toggle.wait_for()
+        toggle.click()  # starts the stream
+        page.wait_for_function(CHECKED, arg=True, timeout=60_000)
         # the server has processed frames and found the fake camera's face: counters the page polls
         counted = r"""() => {
             const m = document.body.innerText.match(/frames processed: (\d+)\D+faces: (\d+)/);
@@ -252,6 +263,7 @@ def test_deep_links_open_inside_the_app_and_live_video_labels_faces(browser, tmp
         page.screenshot(path=str(SHOTS / "live.png"))
         text = page.evaluate("document.body.innerText")
         assert "the frame callback failed" not in text
-        page.get_by_text("Live video", exact=True).last.click()  # the toggle again: stops it
+        toggle.click()  # the toggle again: stops it
+        page.wait_for_function(CHECKED, arg=False, timeout=60_000)
         page.wait_for_function("!document.body.innerText.includes('frames processed')", timeout=60_000)
         context.close()
