@@ -1,7 +1,9 @@
 """Batched, on-device augmentation: one affine grid for a whole batch, no per-image Python.
 
 The seed's augmentation (horizontal flip, rotation, translation, scale) as a single
-``affine_grid`` + ``grid_sample`` over the batch, on whatever device the batch lives on.
+``affine_grid`` + ``grid_sample`` over the batch, on whatever device the batch lives on; and, as an option,
+the light and lens of real cameras (:func:`photometric_batch`: brightness, contrast, gamma, blur, noise), drawn
+per image with tensor ops only, so it runs inside the training step (and its CUDA graph) like the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ class AugmentConfig:
     degrees: float = 15.0  # rotation drawn from [-degrees, degrees]
     translate: float = 0.1  # shift drawn from [-translate, translate] of the image size, per axis
     scale: tuple[float, float] = (0.9, 1.1)  # zoom range
+    photometric: float = (
+        0.0  # share of images given camera light and blur (gain, contrast, gamma, blur, noise); 0 = off
+    )
 
 
 def normalize(x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -52,3 +57,35 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+#: Ranges of :func:`photometric_batch`, chosen to cover what webcams deliver (a dim room is a gain of 0.2-0.4
+#: with sensor noise; a soft or moving face is a blur of about one pixel at 48x48).
+GAIN = (0.25, 1.3)  # brightness multiplier, drawn log-uniformly
+CONTRAST = (0.5, 1.3)  # spread around the image's own mean
+GAMMA = (0.6, 1.8)  # drawn log-uniformly
+NOISE = 0.06  # sensor noise sd drawn from [0, NOISE] of the full range
+_BLUR = (0.25, 0.5, 0.25)  # a binomial kernel, mixed in with a random weight: blur from none to ~1 px
+
+
+def photometric_batch(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Give a share ``p`` of a float batch (N, 1, H, W, in [-1, 1]) a camera's light: gain, contrast, gamma,
+    blur and noise, each drawn per image; the others pass unchanged. Tensor ops only (no host sync)."""
+    n, dev = x.shape[0], x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, 1, 1, 1, device=dev, generator=generator).mul_(hi - lo).add_(lo)
+
+    on = (torch.rand(n, 1, 1, 1, device=dev, generator=generator) < p).to(x.dtype)
+    u = x.add(1).mul_(0.5)  # [0, 1]
+    mean = u.mean((2, 3), keepdim=True)
+    u = (u - mean) * uniform(*CONTRAST) + mean
+    u = u.clamp(0, 1).pow(torch.exp(uniform(math.log(GAMMA[0]), math.log(GAMMA[1]))))
+    u = u * torch.exp(uniform(math.log(GAIN[0]), math.log(GAIN[1])))
+    k = torch.tensor(_BLUR, device=dev, dtype=x.dtype)
+    k2 = (k[:, None] * k[None, :]).view(1, 1, 3, 3).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(u, (1, 1, 1, 1), mode="replicate"), k2, groups=x.shape[1])
+    u = torch.lerp(u, blurred, uniform(0.0, 1.0))
+    u = u + torch.randn(u.shape, device=dev, generator=generator, dtype=x.dtype) * uniform(0.0, NOISE)
+    out = u.clamp(0, 1).mul(2).sub(1)
+    return torch.lerp(x, out, on)

@@ -133,6 +133,7 @@ class RunConfig:
         need(0 <= m.dropout < 1, "model.dropout", "must lie in [0, 1)")
         need(d.limit is None or d.limit >= 1, "data.limit", "must be at least 1 (or null for all)")
         need(0 <= d.aug.flip <= 1, "data.aug.flip", "is a probability: [0, 1]")
+        need(0 <= d.aug.photometric <= 1, "data.aug.photometric", "is a share of images: [0, 1]")
         need(0 <= d.aug.degrees <= 180, "data.aug.degrees", "must lie in [0, 180]")
         need(0 <= d.aug.translate < 1, "data.aug.translate", "must lie in [0, 1)")
         need(len(d.aug.scale) == 2 and 0 < d.aug.scale[0] <= d.aug.scale[1], "data.aug.scale", "needs 0 < low <= high")

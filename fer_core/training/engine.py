@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_core.common import NUM_CLASSES
-from fer_core.data.augment import augment_batch, normalize
+from fer_core.data.augment import augment_batch, normalize, photometric_batch
 from fer_core.training.config import RunConfig, TrainConfig
 from fer_core.training.evaluation import autocast, memory_format
 
@@ -239,6 +239,8 @@ class Step:
         x = normalize(self.x_all[idx])
         if self.cfg.data.augment:
             x = augment_batch(x, self.cfg.data.aug)
+            if self.cfg.data.aug.photometric > 0:
+                x = photometric_batch(x, self.cfg.data.aug.photometric)
         y = self.y_all[idx]
         target = y
         if self.mixing:
