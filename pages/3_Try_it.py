@@ -8,7 +8,9 @@ import streamlit as st
 
 from fer_core.analysis.figures import probabilities
 from fer_core.common import FerError
-from fer_core.serving.inference import load_image, predict
+from fer_core.serving.align import LIGHT_DEFAULT, LIGHT_MODES
+from fer_core.serving.detection import DETECTORS
+from fer_core.serving.inference import CROPS, load_image, predict
 from fer_core.serving.live import LiveProcessor, ice_servers
 from fer_core.serving.models import available_models, default_models, load_model
 from pages import inside_app
@@ -50,14 +52,34 @@ def models_ui():
     return loaded
 
 
-def image_ui(models):
+def face_settings() -> dict:
+    """How faces are found and cut (the same choices as ``predict --detector/--crop/--light``)."""
+    with st.expander("Face finding"):
+        c1, c2, c3 = st.columns(3)
+        detector = c1.selectbox(
+            "Detector", DETECTORS, help="yunet: a small CNN that finds tilted, dim and small faces, with landmarks; "
+            "haar: OpenCV's classic cascade (upright, frontal, well-lit faces only)"
+        )  # fmt: skip
+        crop = c2.selectbox(
+            "Crop", CROPS, help="aligned: eyes, nose and mouth moved to where FER2013's faces have them (YuNet's "
+            "landmarks); box: a square on the face's box"
+        )  # fmt: skip
+        light = c3.selectbox(
+            "Light", LIGHT_MODES, index=LIGHT_MODES.index(LIGHT_DEFAULT),
+            help="clamp: brightness and contrast moved into the training faces' range; match: set to their median; "
+            "equalize: histogram equalization; none: as cut"
+        )  # fmt: skip
+    return {"detector": detector, "crop": crop, "light": light}
+
+
+def image_ui(models, settings):
     cam, up, live = st.tabs(["Webcam snapshot", "Upload a photo", "Live video"])
     with cam:
         shot = st.camera_input("Take a snapshot")
     with up:
         file = st.file_uploader("A photo with a face", type=["jpg", "jpeg", "png", "webp"])
     with live:
-        live_ui(models)
+        live_ui(models, settings)
     if file is not None:
         return file.getvalue(), file.name
     if shot is not None:
@@ -65,7 +87,7 @@ def image_ui(models):
     return None, None
 
 
-def live_ui(models) -> None:
+def live_ui(models, settings) -> None:
     """The browser's camera streams to the server; every frame comes back with each face labelled by every model."""
     try:
         import av
@@ -82,10 +104,11 @@ def live_ui(models) -> None:
     smoothing = st.slider(
         "label smoothing", 0.0, 0.95, 0.6, 0.05, help="weight of the past in each face's moving average (0 = off)"
     )
-    names = tuple(m.name for m in models)
+    key = (tuple(m.name for m in models), tuple(settings.values()))
     proc = st.session_state.get("live_processor")
-    if proc is None or tuple(m.name for m in proc.models) != names:
-        proc = st.session_state["live_processor"] = LiveProcessor(models, smoothing)
+    if proc is None or st.session_state.get("live_key") != key:
+        proc = st.session_state["live_processor"] = LiveProcessor(models, smoothing, **settings)
+        st.session_state["live_key"] = key
     proc.set_smoothing(smoothing)
 
     def on_frame(frame):  # streamlit-webrtc's thread: no st.* here, only the processor
@@ -141,6 +164,8 @@ def draw(image: np.ndarray, faces) -> np.ndarray:
     for i, f in enumerate(faces):
         x, y, w, h = f.box
         cv2.rectangle(out, (x, y), (x + w, y + h), (40, 200, 40), thick)
+        for px, py in f.landmarks or ():
+            cv2.circle(out, (int(px), int(py)), thick + 1, (255, 200, 0), -1)
         label = f"{i + 1}: {f.predictions[0].label}" if f.predictions else str(i + 1)
         cv2.putText(out, label, (x, max(15, y - 8)), cv2.FONT_HERSHEY_SIMPLEX, thick * 0.4, (40, 200, 40), thick)
     return out
@@ -148,9 +173,12 @@ def draw(image: np.ndarray, faces) -> np.ndarray:
 
 def faces_ui(result) -> None:
     for i, face in enumerate(result.faces):
-        st.markdown(f"**Face {i + 1}**" + ("" if result.whole_image else f" at {face.box[0]},{face.box[1]}"))
+        where = "" if result.whole_image else f" at {face.box[0]},{face.box[1]}"
+        score = "" if face.score is None else f" · detection score {face.score:.2f}"
+        st.markdown(f"**Face {i + 1}**{where}{score}")
         cols = st.columns([1] + [3] * len(face.predictions))
-        cols[0].image(face.crop, caption="48×48 input", clamp=True, width=96)
+        what = "aligned 48×48: what the models see" if face.aligned else "48×48: what the models see"
+        cols[0].image(face.crop, caption=what, clamp=True, width=96)
         for col, p in zip(cols[1:], face.predictions):
             with col:
                 st.markdown(f"**{p.label}** · {p.ms:.2f} ms · {p.runtime}  \n`{p.model}`")
@@ -159,18 +187,27 @@ def faces_ui(result) -> None:
                 )
 
 
+NO_FACE_TIPS = (
+    "No face found in this image. Things that help: light on your face (a lamp in front of you, not behind); "
+    "the face at least about 40 pixels high (closer to the camera, or a larger photo); the face turned towards "
+    "the camera and not covered. If the image is already a cropped face, use the whole image."
+)
+
 models = models_ui()
-data, name = image_ui(models)
+settings = face_settings()
+data, name = image_ui(models, settings)
 if data is not None:
     try:
         image = load_image(data, name=name)
         whole = st.session_state.get("whole_image", False)
-        result = predict(image, models, whole_image=whole)
+        result = predict(image, models, whole_image=whole, **settings)
     except FerError as e:
         st.error(str(e))
         st.stop()
+    if result.note:
+        st.warning(result.note)
     if not result.faces:
-        st.warning("No face found in this image.")
+        st.warning(NO_FACE_TIPS)
         if st.button("Use the whole image as one face"):
             st.session_state["whole_image"] = True
             st.rerun()

@@ -102,7 +102,7 @@ def test_eval_a_run_by_id_folder_or_weights_file(trained):
 def test_predict_finds_the_drawn_face(trained, tmp_path):
     out, s = trained
     img = tmp_path / "frame.png"
-    cv2.imwrite(str(img), demo_frame(5))
+    cv2.imwrite(str(img), demo_frame(5, seed=3))
     p = _json(run_cli("predict", str(img), "--runs", s["run_id"], "--json", env={"FER_RUNS": str(out)}))
     assert len(p["faces"]) == 1 and p["faces"][0]["predictions"][0]["model"] == s["run_id"]
     blank = tmp_path / "blank.png"

@@ -9,7 +9,8 @@ from PIL import Image
 from fer_core import EMOTIONS
 from fer_core.common import FerError
 from fer_core.models import create_model
-from fer_core.serving.inference import demo_frame, detect_faces, load_image, predict
+from fer_core.serving.detection import get_detector
+from fer_core.serving.inference import demo_frame, load_image, predict
 from fer_core.store.loading import LoadedModel
 
 
@@ -26,7 +27,7 @@ def _png(arr, mode=None, **kw):
 @pytest.mark.parametrize("expression", range(7))
 def test_a_drawn_face_in_a_webcam_frame_is_found(expression):
     frame = demo_frame(expression)
-    boxes = detect_faces(frame)
+    boxes = [d.box for d in get_detector("haar").detect(frame)]
     assert len(boxes) == 1
     x, y, w, h = boxes[0]
     assert abs(x + w / 2 - 320) < 40 and abs(y + h / 2 - 240) < 50 and 120 < w < 280

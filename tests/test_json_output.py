@@ -59,6 +59,8 @@ CASES = {
     "eval": lambda s: [s["run"], "--split", "public"],
     "runs": lambda s: [],
     "predict": lambda s: [s["photo"], "--runs", s["run"]],
+    "face-template": lambda s: ["--data", "synthetic:140", "--limit", "60", "--out", str(s["root"] / "t.json")],
+    "eval-faces": lambda s: [s["run"], "--data", "synthetic:140", "--frames", "1", "--split", "public"],
     "bench": lambda s: ["--images", "256", "--frames", "2", "--face-repeats", "3", "--out", str(s["root"] / "b")],
 }
 

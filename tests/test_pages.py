@@ -122,6 +122,27 @@ def test_try_it_predicts_an_uploaded_face_with_every_model(two_runs, monkeypatch
     _no_exception(at)
     assert not at.error and any("Face 1" in m.value for m in at.markdown)
     assert len([m for m in at.markdown if " ms" in m.value]) == 2  # one prediction per selected model
+    captions = [i.proto.imgs[0].caption for i in at.get("image")]
+    assert "aligned 48×48: what the models see" in captions  # the crop the models saw, beside the face
+    assert any("detection score 0." in m.value for m in at.markdown)
+
+
+def test_try_it_offers_the_haar_detector_and_box_crop(two_runs, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(two_runs))
+    at = _upload(app("pages/3_Try_it.py"), _png(demo_frame(3)), "face.png")
+    assert [s.label for s in at.selectbox] == ["Detector", "Crop", "Light"]
+    at.selectbox[0].set_value("haar")
+    at.selectbox[1].set_value("box")
+    from unittest import mock
+
+    class Upload(io.BytesIO):
+        name = "face.png"
+
+    with mock.patch("streamlit.file_uploader", return_value=Upload(_png(demo_frame(3)))):
+        at.run()
+    _no_exception(at)
+    captions = [i.proto.imgs[0].caption for i in at.get("image")]
+    assert "48×48: what the models see" in captions and not any("score" in m.value for m in at.markdown)
 
 
 def test_try_it_names_a_bad_upload_and_offers_the_whole_image(two_runs, monkeypatch):
@@ -129,7 +150,7 @@ def test_try_it_names_a_bad_upload_and_offers_the_whole_image(two_runs, monkeypa
     at = _upload(app("pages/3_Try_it.py"), b"%PDF-1.4 not an image", "report.pdf")
     assert any("report.pdf: not a readable image" in e.value for e in at.error)
     at = _upload(app("pages/3_Try_it.py"), _png(np.full((200, 200), 128, np.uint8)), "wall.png")
-    assert any("No face found" in w.value for w in at.warning)
+    assert any("No face found" in w.value and "light" in w.value for w in at.warning)
     assert any(b.label == "Use the whole image as one face" for b in at.button)
 
 
@@ -141,7 +162,7 @@ def test_try_it_uses_the_webcam_snapshot(two_runs, monkeypatch):
     class Shot(io.BytesIO):
         name = "snapshot.jpg"
 
-    with mock.patch("streamlit.camera_input", return_value=Shot(_png(demo_frame(5)))):
+    with mock.patch("streamlit.camera_input", return_value=Shot(_png(demo_frame(5, seed=3)))):
         at = app("pages/3_Try_it.py").run()
     _no_exception(at)
     assert any("Face 1" in m.value for m in at.markdown)

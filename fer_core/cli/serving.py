@@ -6,7 +6,9 @@ import sys
 
 from fer_core.cli.common import print_json
 from fer_core.common import FerError
-from fer_core.serving.inference import predict
+from fer_core.serving.align import LIGHT_DEFAULT, LIGHT_MODES
+from fer_core.serving.detection import DETECTORS
+from fer_core.serving.inference import CROPS, predict
 from fer_core.serving.models import load_model
 from fer_core.serving.onnx import FORMATS
 from fer_core.store.files import read_json
@@ -49,17 +51,26 @@ def cmd_predict(args) -> int:
     for m in models:
         if m.runtime_note:
             print(f"note: {m.name} runs on torch: {m.runtime_note}", file=sys.stderr)
-    res = predict(args.image, models, whole_image=args.whole_image)
+    res = predict(
+        args.image, models, whole_image=args.whole_image, detector=args.detector, crop=args.crop, light=args.light
+    )
+    if res.note:
+        print(f"note: {res.note}", file=sys.stderr)
     if args.json:
         print_json({"image": str(args.image), **res.to_dict()})
         return 0
     w, h = res.image_size
     if not res.faces:
-        print(f"{args.image} ({w}x{h}): {res.message}; use --whole-image if it is already a cropped face")
+        print(
+            f"{args.image} ({w}x{h}): {res.message} by {res.detector}; more light on the face, a larger face (about 40 "
+            "px or more) or a face turned to the camera helps; use --whole-image if it is already a cropped face"
+        )
         return 0
-    print(f"{args.image} ({w}x{h}): {len(res.faces)} face(s), detection {res.detect_ms:.1f} ms")
+    print(f"{args.image} ({w}x{h}): {len(res.faces)} face(s), {res.detector} detection {res.detect_ms:.1f} ms")
     for i, f in enumerate(res.faces):
-        print(f"face {i + 1} at x={f.box[0]} y={f.box[1]} {f.box[2]}x{f.box[3]}")
+        score = "" if f.score is None else f", score {f.score:.2f}"
+        crop = "aligned on its landmarks" if f.aligned else "box crop"
+        print(f"face {i + 1} at x={f.box[0]} y={f.box[1]} {f.box[2]}x{f.box[3]}{score}, {crop}")
         for p in f.predictions:
             top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
             print(f"  {p.model:<44} {p.label:<9} " + "  ".join(f"{k} {v:.2f}" for k, v in top) + f"  ({p.ms:.1f} ms)")
@@ -85,6 +96,13 @@ def register(sub) -> None:
     s.add_argument("image")
     s.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run ids, run folders or weights files")
     s.add_argument("--whole-image", action="store_true", help="treat the whole image as one face")
+    s.add_argument("--detector", default="yunet", choices=DETECTORS, help="face detector (default: yunet)")
+    s.add_argument(
+        "--crop", default="aligned", choices=CROPS, help="aligned on the landmarks, or the box (default: aligned)"
+    )
+    s.add_argument(
+        "--light", default=LIGHT_DEFAULT, choices=LIGHT_MODES, help=f"the crop's light step (default: {LIGHT_DEFAULT})"
+    )
     s.add_argument(
         "--runtime",
         default="auto",

@@ -3,19 +3,18 @@
 Returns plain dataclasses (boxes, labels, probabilities, milliseconds) that any front end can draw:
 the CLI's ``predict``, the dashboard's Try-it page and the benchmark all call :func:`predict`.
 
-Detection runs OpenCV's Haar cascade on a downscaled copy of the frame (faster: a 640x480 frame is
-searched at 320x240), and each face is cropped from the full-resolution frame for classification.
+Faces are found by YuNet (or the Haar cascade, :mod:`~fer_core.serving.detection`) on a downscaled copy of the
+frame, and each is cut from the full-resolution frame, aligned on its landmarks to FER2013's face geometry and
+brought to its light (:mod:`~fer_core.serving.align`) for classification.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -24,17 +23,17 @@ from fer_core.common import EMOTIONS, FerError
 from fer_core.data.augment import normalize
 from fer_core.data.images import to_gray48, to_gray_u8
 from fer_core.data.synthetic import draw_face
+from fer_core.serving.align import LIGHT_DEFAULT, align_face, box_crop, relight
+from fer_core.serving.detection import Detection, get_detector
 from fer_core.store.loading import LoadedModel
 
-#: Detection runs on a copy whose longer side is at most this many pixels.
-DETECT_MAX_SIDE = 320
 #: Larger images are shrunk to this longer side on load (a 50-megapixel photo gains nothing).
 LOAD_MAX_SIDE = 1920
-#: Haar detections needed to accept a face: 8 (not OpenCV's usual 3-5) drops false faces on clothing and
-#: backgrounds (seen on a test photo) while real faces, which gather dozens, are kept.
-MIN_NEIGHBORS = 8
-#: Share of the face box added on each side before cropping (FER2013 crops include some forehead/chin).
+#: Haar boxes (no landmarks): share of the box added on each side before cropping (FER2013 crops include some
+#: forehead and chin).
 CROP_MARGIN = 0.08
+#: How a face with landmarks is cut: "aligned" (on the landmarks, the default) or "box" (a square on its box).
+CROPS = ("aligned", "box")
 
 
 @dataclass
@@ -51,6 +50,9 @@ class Face:
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
     predictions: list[ModelPrediction] = field(default_factory=list)
     crop: np.ndarray | None = field(default=None, repr=False)  # the 48x48 input the models saw
+    score: float | None = None  # the detector's confidence (None: Haar, or the whole image)
+    landmarks: tuple[tuple[float, float], ...] | None = None  # five points (eyes, nose, mouth corners), if found
+    aligned: bool = False  # True when the crop was aligned on the landmarks
 
 
 @dataclass
@@ -60,6 +62,8 @@ class PredictResult:
     detect_ms: float
     whole_image: bool = False  # True when the whole image was used as one face
     message: str | None = None  # e.g. "no face found"
+    detector: str | None = None  # "yunet" or "haar" (None: the whole image was used)
+    note: str | None = None  # e.g. why the Haar cascade stands in for YuNet
 
     def to_dict(self) -> dict:
         return {
@@ -67,9 +71,14 @@ class PredictResult:
             "detect_ms": round(self.detect_ms, 3),
             "whole_image": self.whole_image,
             "message": self.message,
+            "detector": self.detector,
+            "note": self.note,
             "faces": [
                 {
                     "box": list(f.box),
+                    "score": None if f.score is None else round(f.score, 4),
+                    "landmarks": [[round(x, 2), round(y, 2)] for x, y in f.landmarks] if f.landmarks else None,
+                    "aligned": f.aligned,
                     "predictions": [
                         {
                             "model": p.model,
@@ -119,50 +128,27 @@ def load_image(source, name: str = "image") -> np.ndarray:
         raise FerError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-@functools.lru_cache(maxsize=1)
-def _cascade():
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    c = cv2.CascadeClassifier(str(path))
-    if c.empty():
-        raise FerError(f"OpenCV's face detector could not be loaded from {path} (opencv-python-headless 4.x ships it)")
-    return c
-
-
-def detect_faces(
-    gray: np.ndarray, max_side: int = DETECT_MAX_SIDE, sizes: tuple[int, int] | None = None
-) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in ``gray``'s pixels, largest first, found on a downscaled copy.
-
-    Args:
-        sizes: (smallest, largest) face side to look for, in ``gray``'s pixels (default: from 12% of the
-            shorter side up); a narrower range searches fewer scales (the live path knows its faces' sizes).
-    """
-    h, w = gray.shape
-    s = min(1.0, max_side / max(h, w))
-    small = cv2.resize(gray, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else gray
-    small = cv2.equalizeHist(small)
-    min_face = max(20, int(min(small.shape) * 0.12))
-    max_face = min(small.shape)
-    if sizes:
-        min_face, max_face = max(20, int(sizes[0] * s)), max(21, min(max_face, int(sizes[1] * s)))
-    found = _cascade().detectMultiScale(
-        small,
-        scaleFactor=1.1,
-        minNeighbors=MIN_NEIGHBORS,
-        minSize=(min_face, min_face),
-        maxSize=(max_face, max_face),
-    )
-    boxes = [tuple(int(round(v / s)) for v in b) for b in (found if len(found) else [])]
-    return sorted(boxes, key=lambda b: -b[2] * b[3])
-
-
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = CROP_MARGIN) -> np.ndarray:
-    """The 48x48 model input for a face box, cut from the full-resolution gray image."""
+    """The 48x48 model input for a Haar box (no landmarks): the box and a margin, cut from the full image."""
     x, y, w, h = box
     m = int(round(margin * max(w, h)))
     H, W = gray.shape
     x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
     return to_gray48(gray[y0:y1, x0:x1])
+
+
+def face_input(gray: np.ndarray, det: Detection, crop: str = "aligned", light: str = LIGHT_DEFAULT) -> np.ndarray:
+    """The 48x48 model input for one detection: aligned on its landmarks when it has them (``crop="aligned"``),
+    else a square on its box (YuNet) or the box with a margin (Haar); then the light step (see ``relight``)."""
+    if crop not in CROPS:
+        raise FerError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
+    if det.landmarks is None:
+        face = crop_face(gray, det.box)
+    elif crop == "aligned":
+        face = align_face(gray, det.landmarks)
+    else:
+        face = box_crop(gray, det.box)
+    return relight(face, light)
 
 
 @torch.inference_mode()
@@ -187,34 +173,53 @@ def classify(crops: np.ndarray, models: list[LoadedModel]) -> list[list[ModelPre
     return per_face
 
 
-def predict(image, models: list[LoadedModel], whole_image: bool = False, max_faces: int = 8) -> PredictResult:
+def predict(
+    image,
+    models: list[LoadedModel],
+    whole_image: bool = False,
+    max_faces: int = 8,
+    detector: str = "yunet",
+    crop: str = "aligned",
+    light: str = LIGHT_DEFAULT,
+) -> PredictResult:
     """Find faces in ``image`` (path, bytes or array) and classify each with every model.
 
     Args:
         whole_image: skip detection and treat the whole image as one face (for already-cropped faces).
-        max_faces: classify at most this many faces (the largest).
+        max_faces: classify at most this many faces (the best found).
+        detector: "yunet" (falls back to "haar", with a note, when its file is unusable) or "haar".
+        crop: "aligned" on the landmarks, or "box" (see :func:`face_input`).
+        light: the light step's mode (see :data:`fer_core.serving.align.LIGHT_MODES`).
     """
     arr = load_image(image)
     gray = to_gray_u8(arr)
     h, w = gray.shape
     t = time.perf_counter()
     if whole_image:
-        boxes = [(0, 0, w, h)]
+        dets, det = [Detection((0, 0, w, h))], None
     else:
-        boxes = detect_faces(gray)[:max_faces]
+        det = get_detector(detector)
+        dets = det.detect(arr)[:max_faces]
     detect_ms = (time.perf_counter() - t) * 1000
-    if not boxes:
-        return PredictResult([], (w, h), detect_ms, message="no face found")
-    crops = np.stack([to_gray48(gray) if whole_image else crop_face(gray, b) for b in boxes])
-    preds = classify(crops, models) if models else [[] for _ in boxes]
-    faces = [Face(box=b, predictions=p, crop=c) for b, p, c in zip(boxes, preds, crops)]
-    return PredictResult(faces, (w, h), detect_ms, whole_image=whole_image)
+    name, note = (det.name, det.note) if det else (None, None)
+    if not dets:
+        return PredictResult([], (w, h), detect_ms, message="no face found", detector=name, note=note)
+    crops = np.stack(
+        [relight(to_gray48(gray), light) if whole_image else face_input(gray, d, crop, light) for d in dets]
+    )
+    preds = classify(crops, models) if models else [[] for _ in dets]
+    faces = [
+        Face(d.box, p, c, d.score, d.landmarks, aligned=crop == "aligned" and d.landmarks is not None)
+        for d, p, c in zip(dets, preds, crops)
+    ]
+    return PredictResult(faces, (w, h), detect_ms, whole_image=whole_image, detector=name, note=note)
 
 
 def demo_frame(expression: int = 3, seed: int = 1, size: tuple[int, int] = (640, 480), face: int = 200) -> np.ndarray:
     """A gray webcam-sized frame with one drawn face in it (for tests, the benchmark and demos).
 
-    The default seed draws a face that OpenCV's Haar cascade finds.
+    With the default seed, the Haar cascade finds the face of every expression and YuNet that of all but fear
+    and surprise; with ``seed=3`` YuNet finds every expression's face (and Haar none: it wants more contrast).
     """
     rng = np.random.default_rng(seed)
     w, h = size

@@ -24,7 +24,9 @@ import numpy as np
 
 from fer_core.common import EMOTIONS, FerError
 from fer_core.data.images import to_gray_u8
-from fer_core.serving.inference import DETECT_MAX_SIDE, classify, crop_face, detect_faces
+from fer_core.serving.align import LIGHT_DEFAULT
+from fer_core.serving.detection import Detection, get_detector
+from fer_core.serving.inference import classify, face_input
 from fer_core.store.loading import LoadedModel
 
 #: A detection continues a track when their boxes overlap at least this much (intersection over union).
@@ -88,14 +90,24 @@ class LiveProcessor:
     Args:
         models: what classifies each face (one batched forward per model per frame).
         smoothing: the moving average's weight of the past, 0 (off) to 0.95.
-        max_faces: classify at most this many faces per frame (the largest).
+        max_faces: classify at most this many faces per frame (the best found).
         draw: draw boxes, labels and the timing overlay on the returned frame.
+        detector, crop, light: how faces are found and cut, as in :func:`~fer_core.serving.inference.predict`.
     """
 
     def __init__(
-        self, models: list[LoadedModel], smoothing: float = 0.6, max_faces: int = 4, draw: bool = True
+        self,
+        models: list[LoadedModel],
+        smoothing: float = 0.6,
+        max_faces: int = 4,
+        draw: bool = True,
+        detector: str = "yunet",
+        crop: str = "aligned",
+        light: str = LIGHT_DEFAULT,
     ) -> None:
         self.models = list(models)
+        self.detector = get_detector(detector)
+        self.crop, self.light = crop, light
         self.max_faces = max_faces
         self.draw = draw
         self._smoothing = 0.0
@@ -132,9 +144,11 @@ class LiveProcessor:
     def _process(self, frame: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         gray = to_gray_u8(frame)
-        boxes = self._detect(gray)[: self.max_faces]
+        dets = self._detect(frame)[: self.max_faces]
+        boxes = [d.box for d in dets]
+        crops = [face_input(gray, d, self.crop, self.light) for d in dets]
         t1 = time.perf_counter()
-        per_face = classify(np.stack([crop_face(gray, b) for b in boxes]), self.models) if boxes else []
+        per_face = classify(np.stack(crops), self.models) if crops else []
         t2 = time.perf_counter()
         with self._lock:
             tracks = self._advance(boxes, per_face)
@@ -142,7 +156,7 @@ class LiveProcessor:
             self._faces += len(boxes)
             now = time.perf_counter()
             self._times.append(now)
-            self._stages["detect"].append((t1 - t0) * 1000)
+            self._stages["detect"].append((t1 - t0) * 1000)  # finding and cutting the faces
             self._stages["classify"].append((t2 - t1) * 1000)
             self._stages["total"].append((now - t0) * 1000)
             self._largest = self._describe(tracks[0]) if tracks else None
@@ -151,32 +165,29 @@ class LiveProcessor:
             return frame
         return self._draw(frame, tracks, overlay)
 
-    def _detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+    def _detect(self, frame: np.ndarray) -> list[Detection]:
         """Faces in the frame: around the tracked ones when there are some, else (and periodically) everywhere.
 
-        Searching a region holding the known faces at the full-frame detector's scale costs a fraction of a
-        full search; the periodic full search finds faces that entered the frame.
+        Searching a region holding the known faces, shrunk so the smallest is about ``ROI_FACE_PX`` high, costs a
+        fraction of a full search; the periodic full search finds faces that entered the frame.
         """
         with self._lock:
             known = [t.box for t in self._tracks if t.missed == 0]
             full = not known or self._frames % FULL_DETECT_EVERY == 0
-        h, w = gray.shape
-        scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        h, w = frame.shape[:2]
         if not full:
             x0 = min(b[0] - ROI_MARGIN * b[2] for b in known)
             y0 = min(b[1] - ROI_MARGIN * b[3] for b in known)
             x1 = max(b[0] + (1 + ROI_MARGIN) * b[2] for b in known)
             y1 = max(b[1] + (1 + ROI_MARGIN) * b[3] for b in known)
             x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(w, int(x1)), min(h, int(y1))
-            roi = gray[y0:y1, x0:x1]
+            roi = frame[y0:y1, x0:x1]
             sides = [max(b[2], b[3]) for b in known]  # a tracked face changes size slowly between frames
-            found = detect_faces(
-                roi, max(1, int(max(roi.shape) * scale)), (int(0.7 * min(sides)), int(1.4 * max(sides)))
-            )
+            found = self.detector.detect(roi, None, (int(0.7 * min(sides)), int(1.4 * max(sides))))
             if found:
                 self._roi_frames += 1
-                return [(x + x0, y + y0, bw, bh) for x, y, bw, bh in found]
-        return detect_faces(gray, DETECT_MAX_SIDE)
+                return [_shifted(d, x0, y0) for d in found]
+        return self.detector.detect(frame)
 
     def _advance(self, boxes, per_face) -> list[Track]:
         """Match detections to tracks, update their smoothed probabilities; the tracks seen now, largest first."""
@@ -241,6 +252,8 @@ class LiveProcessor:
                 "largest": self._largest,
                 "error": self._error,
                 "smoothing": self._smoothing,
+                "detector": self.detector.name,
+                "note": self.detector.note,
             }
 
     def _draw(self, frame: np.ndarray, tracks: list[Track], overlay: str) -> np.ndarray:
@@ -260,6 +273,12 @@ class LiveProcessor:
         cv2.putText(out, overlay, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(out, overlay, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
         return out
+
+
+def _shifted(d: Detection, dx: int, dy: int) -> Detection:
+    """A detection in a region, in the whole frame's pixels."""
+    lm = tuple((x + dx, y + dy) for x, y in d.landmarks) if d.landmarks else None
+    return Detection((d.box[0] + dx, d.box[1] + dy, d.box[2], d.box[3]), d.score, lm)
 
 
 def _short(name: str) -> str:
