@@ -1,4 +1,4 @@
-"""Faces as cameras see them: YuNet finds them, alignment puts them where FER2013's faces are, eval-faces measures it."""
+"""Faces as cameras see them: YuNet finds them, alignment puts them where FER2013 has them, eval-faces measures it."""
 
 import hashlib
 import json
@@ -81,7 +81,9 @@ def test_the_template_is_symmetric_and_measured_on_fer2013():
 def test_relight_clamp_leaves_a_typical_crop_alone_and_lifts_a_dark_one():
     t = load_template()
     rng = np.random.default_rng(1)
-    typical = np.clip(rng.normal(t["light"]["mean"]["p50"], t["light"]["std"]["p50"], (48, 48)), 0, 255).astype(np.uint8)
+    typical = np.clip(rng.normal(t["light"]["mean"]["p50"], t["light"]["std"]["p50"], (48, 48)), 0, 255).astype(
+        np.uint8
+    )
     assert np.array_equal(relight(typical, "clamp"), typical)
     dark = (typical * 0.2).astype(np.uint8)
     lit = relight(dark, "clamp").astype(float)

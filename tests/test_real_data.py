@@ -46,3 +46,34 @@ def test_a_shipped_teacher_distils_into_a_small_student_on_real_faces(fer):
     (t,) = s["lineage"]["teachers"]
     assert t["run_id"] == teacher.name and t["params"] == 995_051 and t["private_acc"] == 0.671218
     assert t["data_fingerprint"] == s["data_fingerprint"]  # the teacher learnt from this very data
+
+
+def test_the_shipped_face_template_is_what_fer2013_measures(fer):
+    """Re-measured on 400 other training faces, every landmark lands within a pixel of the shipped template."""
+    import numpy as np
+
+    from fer_core.serving.align import load_template, measure_template
+    from fer_core.serving.detection import get_detector
+
+    pick = np.random.default_rng(123).choice(len(fer.train_x), 400, replace=False)
+    t = measure_template(fer.train_x[pick], get_detector("yunet"), say=None)
+    assert t["measured"]["found"] > 0.85 * 400
+    shipped = np.asarray(load_template()["landmarks"])
+    assert np.abs(np.asarray(t["landmarks"]) - shipped).max() < 1.0
+    assert t["light"]["mean"]["p50"] == pytest.approx(load_template()["light"]["mean"]["p50"], abs=8)
+
+
+def test_the_face_path_finds_and_keeps_real_faces_in_camera_frames(fer):
+    """eval-faces on a few frames per condition with the shipped seed MobileNet: YuNet finds most private-test
+    faces where Haar finds few, with no false face in clutter, and the aligned crops keep most of the accuracy."""
+    from conftest import ROOT
+    from fer_core.serving.models import load_model
+    from fer_core.studies.faces import evaluate
+
+    run = next((ROOT / "results" / "reference").glob("mobilenet-w1-s0-20261128-*"))
+    res = evaluate([load_model(str(run), runtime="torch")], fer.private_x, fer.private_y, frames=12, say=None)
+    rows = {(r["condition"], r["path"]): r for r in res["rows"]}
+    yunet, haar = rows[("all", "yunet-aligned-clamp")], rows[("all", "haar-box-none")]
+    assert yunet["recall"] > 0.7 and yunet["recall"] > haar["recall"] + 0.3
+    assert rows[("no face", "yunet-aligned-clamp")]["false"] <= 1
+    assert yunet[run.name]["kept"] > 0.75

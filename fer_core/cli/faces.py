@@ -77,6 +77,8 @@ def markdown_table(res: dict) -> str:
     """Per condition and path: recall, false faces per 100 frames, and each model's accuracy kept."""
     names = res["models"]
     short = [n.split("-s")[0] if "-s" in n else n for n in names]
+    if len(set(short)) < len(short):  # two runs of one family and width: add the run id's last part
+        short = [f"{s} …{n.rsplit('-', 1)[-1]}" for s, n in zip(short, names)]
     head = ["condition", "path", "faces", "recall", "recall (found alone)", "false /100 fr"] + [
         f"kept {s}" for s in short
     ]

@@ -52,7 +52,13 @@ def cmd_predict(args) -> int:
         if m.runtime_note:
             print(f"note: {m.name} runs on torch: {m.runtime_note}", file=sys.stderr)
     res = predict(
-        args.image, models, whole_image=args.whole_image, detector=args.detector, crop=args.crop, light=args.light
+        args.image,
+        models,
+        whole_image=args.whole_image,
+        detector=args.detector,
+        crop=args.crop,
+        light=args.light,
+        detect_size=args.detect_size,
     )
     if res.note:
         print(f"note: {res.note}", file=sys.stderr)
@@ -97,6 +103,10 @@ def register(sub) -> None:
     s.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run ids, run folders or weights files")
     s.add_argument("--whole-image", action="store_true", help="treat the whole image as one face")
     s.add_argument("--detector", default="yunet", choices=DETECTORS, help="face detector (default: yunet)")
+    s.add_argument(
+        "--detect-size", type=int, default=None, metavar="PX",
+        help="search a copy at most PX long: faster, misses faces under about 40 px there (default: full size)",
+    )  # fmt: skip
     s.add_argument(
         "--crop", default="aligned", choices=CROPS, help="aligned on the landmarks, or the box (default: aligned)"
     )

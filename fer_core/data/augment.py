@@ -2,7 +2,7 @@
 
 The seed's augmentation (horizontal flip, rotation, translation, scale) as a single
 ``affine_grid`` + ``grid_sample`` over the batch, on whatever device the batch lives on; and, as an option,
-the light and lens of real cameras (:func:`photometric_batch`: brightness, contrast, gamma, blur, noise), drawn
+the light and lens of real cameras (:func:`photometric_batch`: contrast, gamma, blur, noise), drawn
 per image with tensor ops only, so it runs inside the training step (and its CUDA graph) like the rest.
 """
 
@@ -59,18 +59,33 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-#: Ranges of :func:`photometric_batch`, chosen to cover what webcams deliver (a dim room is a gain of 0.2-0.4
-#: with sensor noise; a soft or moving face is a blur of about one pixel at 48x48).
-GAIN = (0.25, 1.3)  # brightness multiplier, drawn log-uniformly
+#: Ranges of :func:`photometric_batch`, chosen to cover what webcams deliver once the serving path's light step
+#: has brought a crop's brightness and contrast back into the training faces' range: a dim room then shows as
+#: amplified sensor noise (up to ~6% of the range) and a flattened or bent tone curve; a soft, moving or distant
+#: face is a blur of up to about 2 px at 48x48 (a 1.5-3 px defocus on a 60-100 px face). Brightness itself is not
+#: drawn: the light step undoes it (a first version drew gains down to 0.15 and left faces unrecognisable).
 CONTRAST = (0.5, 1.3)  # spread around the image's own mean
 GAMMA = (0.6, 1.8)  # drawn log-uniformly
 NOISE = 0.06  # sensor noise sd drawn from [0, NOISE] of the full range
-_BLUR = (0.25, 0.5, 0.25)  # a binomial kernel, mixed in with a random weight: blur from none to ~1 px
+BLUR = 2.0  # blur sd drawn from [0, BLUR] pixels (blends of sd 0, 1 and 2 Gaussian blurs)
+
+
+def _gauss(sd: float, device, dtype) -> torch.Tensor:
+    r = int(math.ceil(3 * sd))
+    k = torch.exp(-((torch.arange(-r, r + 1, device=device, dtype=dtype) / sd) ** 2) / 2)
+    k = k / k.sum()
+    return (k[:, None] * k[None, :])[None, None]
+
+
+def _blur(u: torch.Tensor, sd: float) -> torch.Tensor:
+    k = _gauss(sd, u.device, u.dtype)
+    r = k.shape[-1] // 2
+    return F.conv2d(F.pad(u, (r, r, r, r), mode="replicate"), k.expand(u.shape[1], 1, -1, -1), groups=u.shape[1])
 
 
 def photometric_batch(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Give a share ``p`` of a float batch (N, 1, H, W, in [-1, 1]) a camera's light: gain, contrast, gamma,
-    blur and noise, each drawn per image; the others pass unchanged. Tensor ops only (no host sync)."""
+    """Give a share ``p`` of a float batch (N, 1, H, W, in [-1, 1]) a camera's light: contrast, gamma, blur and
+    noise, each drawn per image; the others pass unchanged. Tensor ops only (no host sync)."""
     n, dev = x.shape[0], x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -81,11 +96,10 @@ def photometric_batch(x: torch.Tensor, p: float, generator: torch.Generator | No
     mean = u.mean((2, 3), keepdim=True)
     u = (u - mean) * uniform(*CONTRAST) + mean
     u = u.clamp(0, 1).pow(torch.exp(uniform(math.log(GAMMA[0]), math.log(GAMMA[1]))))
-    u = u * torch.exp(uniform(math.log(GAIN[0]), math.log(GAIN[1])))
-    k = torch.tensor(_BLUR, device=dev, dtype=x.dtype)
-    k2 = (k[:, None] * k[None, :]).view(1, 1, 3, 3).expand(x.shape[1], 1, 3, 3)
-    blurred = F.conv2d(F.pad(u, (1, 1, 1, 1), mode="replicate"), k2, groups=x.shape[1])
-    u = torch.lerp(u, blurred, uniform(0.0, 1.0))
+    # blur of sd t in [0, BLUR]: between the unblurred, sd-1 and sd-2 images, by t's place between them
+    t = uniform(0.0, BLUR)
+    b1, b2 = _blur(u, BLUR / 2), _blur(u, BLUR)
+    u = torch.where(t < BLUR / 2, torch.lerp(u, b1, t / (BLUR / 2)), torch.lerp(b1, b2, t / (BLUR / 2) - 1))
     u = u + torch.randn(u.shape, device=dev, generator=generator, dtype=x.dtype) * uniform(0.0, NOISE)
     out = u.clamp(0, 1).mul(2).sub(1)
     return torch.lerp(x, out, on)
