@@ -8,11 +8,12 @@ from fer_core.analysis.status import data_status, device_status
 from fer_core.common import FerError
 from fer_core.jobs.queue import cancel_job, cancel_run, job_runs, list_jobs, submit
 from fer_core.jobs.ray_backend import backend_spec
+from fer_core.models import family_about, list_models
 from fer_core.serving.models import available_models
 from fer_core.training.config import RECIPES, RunConfig, apply_recipe
 from pages import inside_app
 
-FAMILIES = {"mobilenet": "MobileNet (depthwise-separable)", "cnn": "CNN (standard convolutions)"}
+FAMILIES = {f: f"{f}: {family_about(f)}" for f in list_models()}  # every registered family, new ones included
 
 
 @st.cache_data(show_spinner=False)
@@ -21,7 +22,8 @@ def _costs(family: str, width: float) -> dict:
 
 
 def sizes_ui() -> tuple[list[str], list[float] | None, list[float] | None, list[int]]:
-    families = st.multiselect("Families", list(FAMILIES), default=list(FAMILIES), format_func=FAMILIES.get)
+    seed = [f for f in ("mobilenet", "cnn") if f in FAMILIES] or list(FAMILIES)
+    families = st.multiselect("Families", list(FAMILIES), default=seed, format_func=FAMILIES.get)
     mode = st.radio("Sizes by", ["parameter budgets", "widths"], horizontal=True)
     if mode == "parameter budgets":
         c1, c2, c3 = st.columns(3)

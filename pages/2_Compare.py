@@ -13,6 +13,7 @@ from fer_core.analysis.compare import (
 )
 from fer_core.analysis.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
 from fer_core.common import FerError
+from fer_core.models import list_models
 from fer_core.store.runs import find_run
 from pages import inside_app
 
@@ -77,18 +78,23 @@ def scatter_ui():
 scatter_ui()
 shown = keep(df)
 
-st.subheader("Matched-budget gap: MobileNet minus CNN at equal parameters")
-gap = matched_budget_gap(shown, y=y if y in shown else "public_acc")
+st.subheader("Matched-budget gap: one family minus another at equal parameters")
+families = list_models()
+ga, gb = st.columns(2)
+fa = ga.selectbox("Family", families, index=families.index("mobilenet") if "mobilenet" in families else 0)
+rest = [f for f in families if f != fa]
+fb = gb.selectbox("minus", rest, index=rest.index("cnn") if "cnn" in rest else 0)
+gap = matched_budget_gap(shown, y=y if y in shown else "public_acc", a=fa, b=fb)
 if gap.empty:
-    st.caption("Needs completed runs of both families whose sizes overlap.")
+    st.caption(f"Needs completed runs of {fa} and {fb} whose sizes overlap.")
 else:
     st.dataframe(
         gap.astype({"gap_sd": float}).style.format(
             {
                 "width": "{:g}",
                 "params": "{:,}",
-                "mobilenet_acc": "{:.4f}",
-                "cnn_acc_interp": "{:.4f}",
+                f"{fa}_acc": "{:.4f}",
+                f"{fb}_acc_interp": "{:.4f}",
                 "gap_mean": "{:+.4f}",
                 "gap_sd": "{:.4f}",
             },

@@ -62,7 +62,14 @@ def test_the_whole_study_runs_on_the_cpu_through_export(tmp_path):
         ("cnn", 1.0, "better"),
     }
     assert 1 <= rec["teacher_epochs"] < 40 and 1 <= rec["student_epochs"] < 40  # calibrated to fit the window
-    n = len(plan["reference"]) + 1 + len(plan["students"])
+    # the newer families, lowest priority: 5 budgets each at the reference protocol, unless the window drops them
+    assert {(c["family"], c["recipe"]) for c in plan["contenders"]} == {
+        ("mobilenetv2", "seed"),
+        ("shufflenetv2", "seed"),
+    }
+    assert len(plan["contenders"]) == 10
+    trained_contenders = 0 if rec.get("contenders_dropped") else 10
+    n = len(plan["reference"]) + 1 + len(plan["students"]) + trained_contenders
     assert len(rec["results"]) == n and all(x["exit"] == 0 for x in rec["results"])
 
     shipped = [read_json(p / "summary.json") for p in out.iterdir()]
@@ -78,5 +85,15 @@ def test_the_whole_study_runs_on_the_cpu_through_export(tmp_path):
     text = log.read_text()
     assert "calibration" in text and "teacher:" in text and "students: 7" in text
 
-    again = run_cli(*args, timeout=300)  # --out already holds every run: nothing is trained twice
-    assert again.returncode == 0 and "nothing to do" in again.stderr
+    before = {p.name for p in out.iterdir()}
+    again = run_cli(*args, timeout=600)  # a second call trains only what --out lacks: nothing twice
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = [read_json(p / "summary.json") for p in out.iterdir()]
+    assert before <= {s["run_id"] for s in after}
+    keys = [(s["family"], s["width"], s["seed"], s["recipe"], s["distilled"]) for s in after]
+    assert len(keys) == len(set(keys))
+    if rec.get("contenders_dropped"):  # the window had no room for them: this call tried them again
+        assert "contenders" in again.stderr
+        assert all(s["family"] in ("mobilenetv2", "shufflenetv2") for s in after if s["run_id"] not in before)
+    else:
+        assert "nothing to do" in again.stderr and len(after) == len(before)

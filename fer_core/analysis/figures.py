@@ -12,8 +12,22 @@ import pandas as pd
 
 from fer_core.analysis.compare import BYTE_LIMITS, X_AXES, Y_AXES, pareto_frontier
 from fer_core.common import EMOTIONS, FerError
+from fer_core.models import list_models
 
+#: The seed's two families keep their colours; any other registered family gets the next free one, in name order.
 FAMILY_COLORS = {"mobilenet": "#1f77b4", "cnn": "#d62728"}
+_PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def family_color(family: str) -> str:
+    """A stable colour per family: fixed for mobilenet and cnn, then from a palette by registration name."""
+    if family in FAMILY_COLORS:
+        return FAMILY_COLORS[family]
+    others = [f for f in list_models() if f not in FAMILY_COLORS]
+    i = others.index(family) if family in others else len(others) + sum(map(ord, family))
+    return _PALETTE[i % len(_PALETTE)]
+
+
 DATA_SYMBOLS = {"fer2013": "circle", "synthetic": "diamond", "custom": "square"}
 #: runs that learnt from other runs get their own marker (whatever their data): star distilled, triangle fine-tuned
 LINEAGE_SYMBOLS = {"distilled": "star", "fine-tuned": "triangle-up", "distilled + fine-tuned": "star-triangle-up"}
@@ -72,7 +86,7 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
                 + ("" if fmt == "torch" else f" · {fmt}")
                 + (" · running" if live else ""),
                 marker={
-                    "color": FAMILY_COLORS.get(family, "#7f7f7f"),
+                    "color": family_color(family),
                     "symbol": symbol,
                     "size": 11,
                     "line": {"width": 1, "color": "white"} if not live else {"width": 2},
@@ -92,7 +106,7 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
                         x=f[x],
                         y=f[y],
                         mode="lines",
-                        line={"color": FAMILY_COLORS.get(family), "width": 1.5, "dash": "dot"},
+                        line={"color": family_color(family), "width": 1.5, "dash": "dot"},
                         name=f"{family} · {data} frontier",
                         hoverinfo="skip",
                     )

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from fer_core.cli.common import number, print_json
-from fer_core.models import PRESETS, count_params, create_model, list_models, solve_width
+from fer_core.models import PRESETS, count_params, create_model, family_about, list_models, solve_width
 from fer_core.models.stats import model_stats
 
 
 def cmd_models(args) -> int:
     rows = []
     for name in list_models():
-        rows.append({"name": name, "kind": "family", "width": 1.0, "params": count_params(name, 1.0)})
+        rows.append(
+            {
+                "name": name,
+                "kind": "family",
+                "width": 1.0,
+                "params": count_params(name, 1.0),
+                "about": family_about(name),
+            }
+        )
     for name, (family, width, what) in PRESETS.items():
         rows.append(
             {

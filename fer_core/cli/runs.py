@@ -36,7 +36,8 @@ def cmd_compare(args) -> int:
         if args.recipe:
             df = df[df["recipe"] == args.recipe]
     done = df[df["status"] == "completed"] if not df.empty else df
-    gap = matched_budget_gap(done, y=args.y) if not done.empty else None
+    a, b = args.gap
+    gap = matched_budget_gap(done, y=args.y, a=a, b=b) if not done.empty else None
     fronts = {}
     for (family, data), g in done.groupby(["family", "data"]) if not done.empty else []:
         f = pareto_frontier(g, args.x, args.y)
@@ -46,6 +47,7 @@ def cmd_compare(args) -> int:
         "y": args.y,
         "data": args.data,
         "runs": int(len(done)),
+        "gap_families": [a, b],
         "matched_budget_gap": gap.to_dict("records") if gap is not None else [],
         "pareto_frontier": fronts,
         "variants": variants_table(done).to_dict("records") if not done.empty else [],
@@ -55,7 +57,7 @@ def cmd_compare(args) -> int:
         return 0
     print(f"{len(done)} completed runs" + (f" on {args.data}" if args.data else "") + f"; y = {args.y}")
     if gap is not None and not gap.empty:
-        print("\nmatched-budget gap (mobilenet minus cnn at equal parameters):")
+        print(f"\nmatched-budget gap ({a} minus {b} at equal parameters):")
         print(gap.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out["variants"]:
         print("\ndeployable variants (deltas against the same network in fp32; speed-up against its torch model):")
@@ -194,6 +196,10 @@ def register(sub) -> None:
     s.add_argument("--y", default="private_acc", choices=["public_acc", "private_acc"])
     s.add_argument("--data", default=None, help="only runs on this data (fer2013, synthetic, custom)")
     s.add_argument("--recipe", default=None, help="only runs of this recipe")
+    s.add_argument(
+        "--gap", nargs=2, default=["mobilenet", "cnn"], metavar=("A", "B"),
+        help="the matched-budget gap's families: A minus B (default: mobilenet cnn)",
+    )  # fmt: skip
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)
 

@@ -1,26 +1,38 @@
 """Model registry: named families built from a width multiplier, plus a parameter-budget solver.
 
-``create_model(name, width=...)`` and ``list_models()`` feed the command line, the dashboard's select
-boxes and a parametrized test over every model. Owns the families (``mobilenet``, ``cnn``, built from the
-shared blocks in ``layers``) and their stats (``stats``: parameters, state values, bytes, MACs, CPU latency).
+A *family* is one module in this package that builds a network from a width multiplier (and dropout) and
+registers it in one line, ``register_family("name", build, "what it is")``. Every module here except ``layers``
+and ``stats`` is imported when the package is, so a new file is all a new family needs: the solver, ``models``,
+``describe``, ``train --model``, sweeps, the studies and the dashboard's pages list it from here.
+
+``create_model(name, width=...)`` and ``list_models()`` feed the command line, the dashboard's select boxes and
+a parametrized test over every model; ``stats`` counts parameters, state values, bytes, MACs and CPU latency.
 May import only :mod:`fer_core.common` and torch.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fer_core.common import NUM_CLASSES, FerError
 
-from .cnn import CNN
-from .mobilenet import MobileNet
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: Callable[..., nn.Module]  # build(width, num_classes, dropout=...) -> the network
+    about: str  # one line: what the family is (shown by `models` and the Train page)
+
+
+_REGISTRY: dict[str, Family] = {}
 #: Named points worth knowing: the two networks of the seed report.
 PRESETS: dict[str, tuple[str, float, str]] = {
     "mobilenet-seed": ("mobilenet", 1.0, "the seed report's MobileNet (107,247 parameters)"),
@@ -30,21 +42,26 @@ PRESETS: dict[str, tuple[str, float, str]] = {
 WIDTH_RANGE = (0.02, 8.0)
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _REGISTRY[fn.__name__] = fn
-    return fn
+def register_family(name: str, build: Callable[..., nn.Module], about: str) -> Family:
+    """Register a family under ``name`` (letters, digits, ``_``; no ``-``: run ids are ``FAMILY-wWIDTH-...``).
+    ``build(width, num_classes, dropout=...)`` returns the network; re-registering a name replaces it."""
+    if not name.replace("_", "").isalnum() or not name[0].isalpha() or name != name.lower():
+        raise FerError(f"family name {name!r}: lower-case letters, digits and _ only, starting with a letter")
+    family = Family(name, build, about)
+    _REGISTRY[name] = family
+    count_params.cache_clear()
+    return family
 
 
-@register_model
-def mobilenet(width: float = 1.0, num_classes: int = NUM_CLASSES, **kw) -> nn.Module:
-    """Depthwise-separable family; width 1.0 is the seed report's MobileNet."""
-    return MobileNet(width, num_classes, **kw)
+def family_about(name: str) -> str:
+    """The one-line description a family registered with."""
+    return _family(name).about
 
 
-@register_model
-def cnn(width: float = 1.0, num_classes: int = NUM_CLASSES, **kw) -> nn.Module:
-    """Standard CNN family (5 conv + 3 FC); width 1.0 is the seed report's HW3-size CNN."""
-    return CNN(width, num_classes, **kw)
+def _family(name: str) -> Family:
+    if name not in _REGISTRY:
+        raise FerError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
 
 
 def list_models() -> list[str]:
@@ -54,11 +71,10 @@ def list_models() -> list[str]:
 
 def create_model(name: str, width: float = 1.0, num_classes: int = NUM_CLASSES, **kw) -> nn.Module:
     """Build a registered family at a width multiplier."""
-    if name not in _REGISTRY:
-        raise FerError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    family = _family(name)
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise FerError(f"width must be a positive number, got {width!r}")
-    return _REGISTRY[name](width=float(width), num_classes=num_classes, **kw)
+    return family.build(float(width), num_classes, **kw)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -90,3 +106,13 @@ def solve_width(name: str, budget: float, num_classes: int = NUM_CLASSES) -> tup
             break
     assert best is not None
     return best[1], best[2]
+
+
+def _discover() -> None:
+    """Import every family module of this package (each registers itself)."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in ("layers", "stats") and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()

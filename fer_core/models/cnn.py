@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import conv_bn_act, make_divisible
+from fer_core.models import register_family
+from fer_core.models.layers import conv_bn_act, make_divisible
 
 #: (out_channels, max-pool after) of each conv layer at width 1.0; 48 -> 24 -> 12 -> 6 -> 3.
 CONVS = [(64, True), (128, True), (256, True), (512, True), (512, False)]
@@ -40,3 +41,6 @@ class CNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+register_family("cnn", CNN, "standard CNN (5 conv + 3 FC); width 1.0 = the seed report's HW3-size CNN")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import conv_bn_act, make_divisible
+from fer_core.models import register_family
+from fer_core.models.layers import conv_bn_act, make_divisible
 
 STEM = 64
 #: (out_channels, stride) of each depthwise-separable block at width 1.0.
@@ -54,3 +55,6 @@ class MobileNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.pool(self.features(x)))
+
+
+register_family("mobilenet", MobileNet, "MobileNet (depthwise-separable); width 1.0 = the seed report's network")

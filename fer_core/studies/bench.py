@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from fer_core.data.synthetic import make_split
 from fer_core.jobs.queue import prepare_job, run_configs
 from fer_core.jobs.ray_backend import backend_spec, connect, run_ray_job
-from fer_core.models import create_model
+from fer_core.models import count_params, create_model, list_models, solve_width
 from fer_core.serving.detection import get_detector
 from fer_core.serving.inference import demo_frame, predict
 from fer_core.serving.live import LiveProcessor
@@ -40,6 +40,7 @@ from fer_core.serving.onnx import latency_ms, ort_session, quantize_int8, to_onn
 from fer_core.store.files import atomic_write_json, read_json
 from fer_core.store.loading import LoadedModel
 from fer_core.store.runs import RESULTS_DIR
+from fer_core.studies.reference import SEED_MOBILENET_PARAMS
 from fer_core.training.config import RunConfig
 from fer_core.training.engine import GraphedStep, Step, make_optimizer
 from fer_core.training.evaluation import memory_format
@@ -107,12 +108,13 @@ def engine_throughput(
     device: str = "cpu",
     graph: bool = True,
     family: str = "mobilenet",
+    width: float = 1.0,
 ) -> float:
     """Images/second of our engine's training step (data as one tensor on the device, batched augmentation,
     channels_last; on CUDA bf16 autocast and the step replayed as a CUDA graph)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = create_model(family, 1.0).to(dev).to(memory_format=memory_format(dev))
+    model = create_model(family, width).to(dev).to(memory_format=memory_format(dev))
     cfg = RunConfig()
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     graphed = dev.type == "cuda" and graph
@@ -314,6 +316,26 @@ def face_latency(repeats: int = 300) -> dict:
     return out
 
 
+def family_speed(x: np.ndarray, y: np.ndarray, repeats: int = 300) -> dict:
+    """Every registered family at the seed MobileNet's size (107,247 parameters; the MobileNet is the seed
+    network itself): one face's latency (batch 1, one thread) in torch and ONNX Runtime fp32, and CPU training
+    images/second of our engine (the machine's threads)."""
+    out = {}
+    for f in list_models():
+        w = 1.0 if f == "mobilenet" else solve_width(f, SEED_MOBILENET_PARAMS)[0]
+        m = create_model(f, w).eval()
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            row = {"width": w, "params": count_params(f, w), "torch_ms": latency_ms(m, repeats)}
+            row["onnx_fp32_ms"] = latency_ms(ort_session(to_onnx(m), threads=1), repeats)
+        finally:
+            torch.set_num_threads(old)
+        row["train_img_per_s"] = round(engine_throughput(x, y, family=f, width=w), 1)
+        out[f] = row
+    return out
+
+
 def run_bench(
     images: int = 2560,
     frames: int = 50,
@@ -386,6 +408,17 @@ def run_bench(
     except Exception as e:
         faces = {"error": f"{type(e).__name__}: {e}"}
         say(f"one-face latency: not measured ({faces['error']})")
+    try:
+        families = family_speed(x, y, face_repeats)
+        say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters (one face, batch 1, 1 thread; training img/s):")
+        for f, r in families.items():
+            say(
+                f"  {f:<13} w{r['width']:<6g} {r['params']:>8,} params: torch {r['torch_ms']:.3f} ms · ONNX "
+                f"{r['onnx_fp32_ms']:.3f} ms · training {r['train_img_per_s']:.1f} img/s"
+            )
+    except Exception as e:  # noqa: BLE001 - no onnxruntime: keep the other numbers
+        families = {"error": f"{type(e).__name__}: {e}"}
+        say(f"families: not measured ({families['error']})")
     doc = {
         "train_speedup_vs_naive": round(ours / best_naive, 3),
         "train_img_per_s_engine": round(ours, 1),
@@ -399,6 +432,7 @@ def run_bench(
         "detect_ms_by_detector": detectors,
         **live,
         "face_latency_ms": faces,
+        "families_at_seed_size": families,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

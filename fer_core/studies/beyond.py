@@ -7,7 +7,10 @@ trains a strong teacher and the students distilled from it, exporting every fini
   output folder), at the reference study's own epoch count, so they sit beside the shipped runs;
 - lane 2, in two phases: the teacher (the HW3-size CNN, ``strong`` recipe, a long schedule), then, once it
   is done, the students distilled from it (``distill`` recipe): MobileNet at ~2e4 and ~5e4 parameters, width
-  1.0 with 3 seeds, the largest MobileNet whose shipped weights file fits 225,000 bytes, and a ~1e5 CNN.
+  1.0 with 3 seeds, the largest MobileNet whose shipped weights file fits 225,000 bytes, and a ~1e5 CNN;
+- lowest priority, beside lane 1: the newer contenders (MobileNetV2- and ShuffleNetV2-style, 5 budgets x 1 seed)
+  at the reference study's epochs and recipe, so they land on the same scatter; they start last and are the
+  first dropped when ``--fit-in`` says the window is too short for them.
 
 With ``--fit-in`` every configuration first trains 3 epochs all at once (under full load); the teacher and
 student epochs are then scaled down together, with a 0.7 margin, until both phases fit. The most valuable
@@ -72,6 +75,20 @@ def largest_width_under(family: str, limit_bytes: int = COURSE_BYTES) -> float:
             break
         lo, hi = (mid, hi) if size(mid) <= limit_bytes else (lo, mid)
     return lo
+
+
+#: The newer families, at five budgets from 2e4 to 1e6 parameters (the seed MobileNet's size among them).
+CONTENDERS = ("mobilenetv2", "shufflenetv2")
+CONTENDER_BUDGETS = [2e4, 5e4, SEED_MOBILENET_PARAMS, 3e5, 1e6]
+
+
+def contenders() -> list[dict]:
+    """The contender lane: each newer family at each budget, seed 0, the reference protocol."""
+    return [
+        {"family": f, "width": solve_width(f, b)[0], "seed": 0, "recipe": "seed", "role": "contender"}
+        for f in CONTENDERS
+        for b in CONTENDER_BUDGETS
+    ]
 
 
 def students() -> list[dict]:
@@ -142,6 +159,7 @@ def plan(out: Path, reference_from: Path | None = None) -> dict:
         "teacher": None if teacher_done else dict(TEACHER),
         "teacher_run": str(teacher_done) if teacher_done else None,
         "students": [s for s in students() if _item_key(s) not in have],
+        "contenders": [c for c in contenders() if _item_key(c) not in ref_have],
     }
 
 
@@ -206,15 +224,18 @@ def run_beyond(
     say = _Log(log)
     todo = plan(out, reference_from)
     ref_epochs = ref_epochs or reference_epochs(reference_from or out) or 95
-    n_lane2 = (1 if todo["teacher"] else 0) + len(todo["students"])
+    n_lane2 = (1 if todo["teacher"] else 0) + len(todo["students"]) + len(todo["contenders"])
     record: dict = {"plan": todo, "fit_in_s": fit_in, "reference_epochs": ref_epochs}
     say(
         f"study beyond: {len(todo['reference'])} reference runs ({ref_epochs} epochs), "
-        f"{'a teacher and ' if todo['teacher'] else ''}{len(todo['students'])} students; into {out}"
+        f"{'a teacher and ' if todo['teacher'] else ''}{len(todo['students'])} students, "
+        f"{len(todo['contenders'])} contenders; into {out}"
     )
-    for it in todo["reference"] + ([todo["teacher"]] if todo["teacher"] else []) + todo["students"]:
+    for it in (
+        todo["reference"] + ([todo["teacher"]] if todo["teacher"] else []) + todo["students"] + todo["contenders"]
+    ):
         say(
-            f"  {it['role']:<9} {it['family']:<9} w{it['width']:<6g} {count_params(it['family'], it['width']):>10,} "
+            f"  {it['role']:<9} {it['family']:<12} w{it['width']:<6g} {count_params(it['family'], it['width']):>10,} "
             f"params  seed {it['seed']}  {it['recipe']}  {it.get('why', '')}"
         )
     if not todo["reference"] and n_lane2 == 0:
@@ -229,12 +250,15 @@ def run_beyond(
             lane1 = _configs(todo["reference"], base, ref_epochs)
             teacher_cfg = _configs([todo["teacher"]], base, teacher_epochs) if todo["teacher"] else []
             student_cfgs = _configs(todo["students"], base, student_epochs, stand_in)
-            cfgs = lane1 + teacher_cfg + student_cfgs
+            contender_cfgs = _configs(todo["contenders"], base, ref_epochs)
+            cfgs = lane1 + teacher_cfg + student_cfgs + contender_cfgs
             cal = calibrate(cfgs, len(cfgs))
         times = cal["epoch_s"]
         t_ref = max((t or 0) for t in times[: len(lane1)]) if lane1 else 0.0
         t_teacher = (times[len(lane1)] or 0) if teacher_cfg else 0.0
-        t_student = max((t or 0) for t in times[len(lane1) + len(teacher_cfg) :]) if student_cfgs else 0.0
+        n_first = len(lane1) + len(teacher_cfg)
+        t_student = max((t or 0) for t in times[n_first : n_first + len(student_cfgs)]) if student_cfgs else 0.0
+        t_contender = max((t or 0) for t in times[n_first + len(student_cfgs) :]) if contender_cfgs else 0.0
         left = fit_in - cal["wall_s"] - 2 * cal["overhead_s"]  # two phases pay start-up once each
         need = teacher_epochs * t_teacher + student_epochs * t_student
         scale = min(1.0, 0.7 * left / need) if need > 0 else 1.0
@@ -248,6 +272,13 @@ def run_beyond(
         )
         if lane1 and ref_epochs * t_ref > 0.9 * left:
             say(f"warning: {ref_epochs} reference epochs take about {ref_epochs * t_ref:.0f} s: they may be cut")
+        if contender_cfgs and ref_epochs * t_contender > 0.9 * left:
+            say(
+                f"contenders dropped: {ref_epochs} epochs take about {ref_epochs * t_contender:.0f} s of the "
+                f"{left:.0f} s left (the lowest-priority lane; a later call trains them)"
+            )
+            record["contenders_dropped"] = [c["family"] + f" w{c['width']:g}" for c in todo["contenders"]]
+            todo = {**todo, "contenders": []}  # the record keeps the plan as it was
     record.update(teacher_epochs=teacher_epochs, student_epochs=student_epochs)
     results: list[dict] = []
     lock = threading.Lock()
@@ -275,8 +306,8 @@ def run_beyond(
         with lock:
             results.append(entry)
 
-    def lane1() -> None:
-        cfgs = _configs(todo["reference"], base, ref_epochs)
+    def lane1() -> None:  # the reference runs first, then the contenders: lowest priority when they queue
+        cfgs = _configs(todo["reference"] + todo["contenders"], base, ref_epochs)
         if cfgs:
             run_configs(cfgs, parallel or len(cfgs), out=work, on_done=finished, backend=backend)
 

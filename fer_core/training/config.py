@@ -36,7 +36,7 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class ModelConfig:
-    family: str = "mobilenet"  # a registered family: mobilenet | cnn
+    family: str = "mobilenet"  # a registered family (python -m fer_core models lists them)
     width: float = 1.0  # width multiplier; 1.0 = the seed report's network of that family
     budget: float | None = None  # if set, the width was solved for this many parameters (kept for the record)
     dropout: float = 0.5  # head dropout, as in the seed
