@@ -81,7 +81,8 @@ def warp(gray: np.ndarray, m: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
         roi = gray[y0 : min(gray.shape[0], y1), x0 : min(gray.shape[1], x1)]
         if roi.size:
             k = scale
-            small = cv2.resize(roi, (max(1, round(roi.shape[1] * k)), max(1, round(roi.shape[0] * k))), cv2.INTER_AREA)
+            size_k = (max(1, round(roi.shape[1] * k)), max(1, round(roi.shape[0] * k)))
+            small = cv2.resize(roi, size_k, interpolation=cv2.INTER_AREA)
             kx, ky = small.shape[1] / roi.shape[1], small.shape[0] / roi.shape[0]
             # small pixel p -> image pixel (p + 0.5) / k - 0.5 + origin (OpenCV's pixel-centre convention)
             to_image = np.array([[1 / kx, 0, 0.5 / kx - 0.5 + x0], [0, 1 / ky, 0.5 / ky - 0.5 + y0], [0, 0, 1]])

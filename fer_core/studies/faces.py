@@ -77,7 +77,8 @@ def clutter(rng: np.random.Generator, size: tuple[int, int] = FRAME) -> np.ndarr
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = rng.uniform(0, 2 * math.pi)
     img = rng.uniform(70, 180) + rng.uniform(-60, 60) * ((math.cos(a) * xx + math.sin(a) * yy) / max(w, h))
-    tex = cv2.resize(rng.normal(0, 1, (h // 16 + 1, w // 16 + 1)).astype(np.float32), (w, h), cv2.INTER_CUBIC)
+    coarse = rng.normal(0, 1, (h // 16 + 1, w // 16 + 1)).astype(np.float32)
+    tex = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     img = img + tex * rng.uniform(5, 25)
     img = np.clip(img, 0, 255).astype(np.uint8)
     for _ in range(rng.integers(4, 14)):
