@@ -29,8 +29,8 @@ YUNET_FILE = ASSETS / "yunet" / "yunet_n_640_640.onnx"
 DETECTORS = ("yunet", "haar")
 
 #: YuNet searches the image at full resolution up to this longer side (photos are loaded at most 1920 px long).
-#: A smaller copy does not pay: measured on frames of FER2013 public-split faces 40-60 px high, YuNet found 77% of
-#: them at 640x480, 57% at 480x360 and 14% at 320x240 (it needs faces of about 40 px in its input).
+#: A smaller copy does not pay: measured on frames of FER2013 public-split faces 40-60 px high (score 0.5), YuNet
+#: found 77% of them at 640x480, 57% at 480x360 and 14% at 320x240 (it needs faces of about 40 px in its input).
 DETECT_MAX_SIDE = 1920
 #: YuNet's score needed to accept a face. Chosen on 600 frames built from FER2013's public split (six conditions,
 #: clutter, the eval-faces generator): at 0.5, 95.1% of the faces found at 0.3 are kept and 6 false faces appear
@@ -40,7 +40,8 @@ YUNET_NMS = 0.3
 #: The Haar cascade searches a copy at most this long (as before YuNet: a 640x480 frame at 320x240).
 HAAR_MAX_SIDE = 320
 #: While tracking, a region is searched at a scale that makes its smallest expected face this many pixels
-#: (found as reliably as at full size, at a fraction of the cost).
+#: (a fraction of a full search's cost; how reliably it finds faces at this scale is not measured separately:
+#: the full search every few frames catches what it misses).
 ROI_FACE_PX = 64
 #: Haar detections needed to accept a face: 8 (not OpenCV's usual 3-5) drops false faces on clothing and
 #: backgrounds (seen on a test photo) while real faces, which gather dozens, are kept.
