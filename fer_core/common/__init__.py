@@ -5,6 +5,6 @@ Owns no behaviour, imports nothing of ``fer_core`` and no third-party package, s
 """
 
 from .constants import EMOTIONS, IMAGE_SIZE, NUM_CLASSES, VERSION
-from .errors import FerError
+from .errors import DiskFull, FerError
 
-__all__ = ["EMOTIONS", "IMAGE_SIZE", "NUM_CLASSES", "VERSION", "FerError"]
+__all__ = ["EMOTIONS", "IMAGE_SIZE", "NUM_CLASSES", "VERSION", "DiskFull", "FerError"]

@@ -274,10 +274,17 @@ def run_queue(job_dir: Path) -> int:
 
     def on_done(job: Job) -> None:
         it = items[job.tag["i"]]
+        killed = None if cancelled() else killed_text(job.returncode)
+        if killed:  # it could not record anything itself: its run folder and the job say what happened
+            run = _running_summary(it)
+            if run:
+                Run(Path(run["path"])).update_summary(status="failed", error=killed, ended=time.time())
+                job.run_path = job.run_path or run["path"]
         it.update(exit=job.returncode, run=job.run_path, pid=None)
-        it["status"] = {0: "done", 1: "cancelled" if cancelled() else "failed"}.get(job.returncode, "failed")
-        if job.returncode and job.stderr_tail:
-            it["error"] = job.stderr_tail
+        stopped = job.returncode == 1 or (job.returncode or 0) < 0  # by its cancel handler, or by the signal
+        it["status"] = "done" if job.returncode == 0 else "cancelled" if stopped and cancelled() else "failed"
+        if killed or (job.returncode and job.stderr_tail):
+            it["error"] = killed or job.stderr_tail
         atomic_write_json(job_dir / "state.json", state)
 
     def on_term(signum, frame):  # cancelling the queue cancels its running trainings too
@@ -295,6 +302,22 @@ def run_queue(job_dir: Path) -> int:
     atomic_write_json(job_dir / "state.json", state)
     lock.close()  # releases the queue lock: the next waiting job starts
     return 0
+
+
+def killed_text(returncode: int | None) -> str | None:
+    """What a training process's negative exit code means to the user (None: it exited by itself)."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if -returncode == signal.SIGKILL:
+        return (
+            f"the training process was killed by the system ({name}), most often because memory ran out; "
+            "the job went on with its next training"
+        )
+    return f"the training process was killed ({name}); the job went on with its next training"
 
 
 def _older_waiting(job_dir: Path, submitted: float) -> bool:

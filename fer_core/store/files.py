@@ -16,16 +16,20 @@ from pathlib import Path
 import torch
 
 from fer_core.common import EMOTIONS, FerError
+from fer_core.common.errors import writing
 
 WEIGHTS_FORMAT = "fer-lab/weights/1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A full disk (or a file-size limit) raises :class:`~fer_core.common.DiskFull` naming ``path``; the old file
+    is then untouched and the partial temporary file removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from fer_core.common import FerError
+from fer_core.common.errors import writing
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.store.files import atomic_write_bytes, atomic_write_json, read_json
 
@@ -163,7 +164,7 @@ class Run:
         )
 
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics_file, "a") as f:
+        with writing(self.metrics_file), open(self.metrics_file, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_core.common import NUM_CLASSES, VERSION, FerError
+from fer_core.common import NUM_CLASSES, VERSION, DiskFull, FerError
 from fer_core.data.dataset import SPLITS, FerData
 from fer_core.data.sources import load
 from fer_core.models import create_model, solve_width
@@ -469,6 +469,7 @@ def fit(
     try:
         for epoch in range(tr.start_epoch + 1, cfg.train.epochs + 1):
             _one_epoch(tr, epoch, emit)
+        summary = _finish(tr, epoch)  # writes the weights: a full disk there is handled like one mid-run
     except (Cancelled, KeyboardInterrupt) as e:
         error = "cancelled by the user" if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
         # a signal between an epoch's metrics row and its summary update must not lose that epoch
@@ -477,10 +478,16 @@ def fit(
         emit({"type": "end", "run_id": run.run_id, "status": "cancelled", "error": error})
         return summary
     except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-        run.update_summary(status="failed", error=error, ended=time.time())
+        error = str(e) if isinstance(e, FerError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, DiskFull):  # the last checkpoint that was written is intact: say how to go on
+            error += f"; the run is kept: free some space, then: python -m fer_core train --resume {run.run_id}"
+        try:
+            run.update_summary(status="failed", error=error, ended=time.time())
+        except DiskFull:  # not even the summary fits: its dead pid already reports the run as failed
+            pass
         emit({"type": "end", "run_id": run.run_id, "status": "failed", "error": error})
+        if isinstance(e, DiskFull):
+            raise FerError(error) from None  # the command line prints it as it stands
         raise
-    summary = _finish(tr, epoch)
     emit({"type": "end", "run_id": run.run_id, "status": "completed", "summary": summary})
     return summary
