@@ -8,6 +8,7 @@ from fer_core.analysis.planning import quick_demo
 from fer_core.analysis.status import data_status, device_status
 from fer_core.common import FerError
 from fer_core.jobs.queue import active_jobs, submit
+from pages import lock_screen, unlocked
 
 
 @st.cache_data(ttl=60, show_spinner="Looking for FER2013…")
@@ -102,4 +103,11 @@ PAGES = {
     "compare": st.Page("pages/2_Compare.py", title="Compare", url_path="Compare"),
     "try": st.Page("pages/3_Try_it.py", title="Try it", url_path="Try_it"),
 }
-st.navigation(list(PAGES.values())).run()
+if unlocked():
+    st.navigation(list(PAGES.values())).run()
+else:  # a shared dashboard before its password: every page's URL shows the lock (so a deep link still
+    # leads to its page once unlocked), and the navigation stays hidden
+    st.navigation(
+        [st.Page(lock_screen, title=p.title, url_path=p.url_path, default=k == "home") for k, p in PAGES.items()],
+        position="hidden",
+    ).run()

@@ -11,7 +11,9 @@ from fer_core.jobs.ray_backend import backend_spec
 from fer_core.models import family_about, list_models
 from fer_core.serving.models import available_models
 from fer_core.training.config import RECIPES, RunConfig, apply_recipe
-from pages import inside_app
+from pages import guard
+
+guard()  # inside the app's navigation, and behind the lock when the dashboard is shared
 
 FAMILIES = {f: f"{f}: {family_about(f)}" for f in list_models()}  # every registered family, new ones included
 
@@ -135,7 +137,6 @@ def jobs_ui() -> None:
                 row[0].caption(f"error: {t['error'].splitlines()[-1]}")
 
 
-inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
 st.title("Train")
 gpu = device_status()["device"] == "cuda"
 try:

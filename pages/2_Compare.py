@@ -15,9 +15,9 @@ from fer_core.analysis.figures import PNG_CONFIG, confusion, learning_curves, pe
 from fer_core.common import FerError
 from fer_core.models import list_models
 from fer_core.store.runs import find_run
-from pages import inside_app
+from pages import guard
 
-inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
+guard()  # inside the app's navigation, and behind the lock when the dashboard is shared
 st.title("Compare")
 
 df = runs_frame()

@@ -13,9 +13,9 @@ from fer_core.serving.detection import DETECTORS
 from fer_core.serving.inference import CROPS, load_image, predict
 from fer_core.serving.live import LiveProcessor, ice_servers
 from fer_core.serving.models import available_models, default_models, load_model
-from pages import inside_app
+from pages import guard
 
-inside_app()  # a page's own URL on a fresh server opens inside the app, not alone
+guard()  # inside the app's navigation, and behind the lock when the dashboard is shared
 st.title("Try it")
 
 

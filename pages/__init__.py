@@ -2,6 +2,51 @@
 
 import streamlit as st
 
+from fer_core.access.lock import PASSWORD_ENV, configured_password, password_lock
+
+_UNLOCKED = "_fer_lab_unlocked"  # the session's proof of the password: a fingerprint, never the password
+
+
+def guard() -> None:
+    """A page's first call: run inside the app's navigation, and show nothing until a shared dashboard's
+    password is given (the app checks before navigating; this catches a page that runs alone)."""
+    inside_app()
+    if not unlocked():
+        lock_screen()
+        st.stop()
+
+
+def _secrets():
+    """Streamlit's secrets, or None without a secrets file; a file that does not parse stops the page
+    (failing closed: it may hold the password)."""
+    try:
+        return st.secrets if st.secrets.load_if_toml_exists() else None
+    except Exception as e:
+        st.error(f"The dashboard's secrets file does not parse ({type(e).__name__}); fix it, or set {PASSWORD_ENV}.")
+        st.stop()
+
+
+def unlocked() -> bool:
+    """True when no password is set, or this browser session has given it."""
+    password = configured_password(_secrets())
+    return password is None or st.session_state.get(_UNLOCKED) == password_lock(password).fingerprint()
+
+
+def lock_screen() -> None:
+    """The only thing a locked dashboard shows: a password form (sent over the page's websocket, never in the
+    URL; cleared on submit)."""
+    lock = password_lock(configured_password(_secrets()) or "")
+    st.title("FER Lab")
+    st.write("This dashboard is shared and locked. Ask whoever runs it for the password.")
+    with st.form("fer-lab-unlock", clear_on_submit=True):
+        guess = st.text_input("Password", type="password", autocomplete="current-password")
+        submitted = st.form_submit_button("Unlock", type="primary")
+    if submitted:
+        if lock.check(guess):
+            st.session_state[_UNLOCKED] = lock.fingerprint()
+            st.rerun()
+        st.error("Wrong password. Each wrong try makes the next answer slower.")
+
 
 def inside_app() -> None:
     """Make a page opened by its own URL run inside the app's navigation, on a freshly started server too.

@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(tmp: Path, reference: Path | None = None):
+def streamlit_server(tmp: Path, reference: Path | None = None, extra_env: dict | None = None):
     """A fresh `streamlit run streamlit_app.py` on a free port; yields its URL once it accepts connections."""
     port = _free_port()
     env = {
@@ -55,6 +55,7 @@ def streamlit_server(tmp: Path, reference: Path | None = None):
         "FER_REFERENCE": str(reference or tmp / "no-reference"),
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
     }
     log = open(tmp / "server.log", "wb")  # closed below, after the server
     proc = subprocess.Popen(
@@ -267,3 +268,30 @@ def test_deep_links_open_inside_the_app_and_live_video_labels_faces(browser, tmp
         page.wait_for_function(CHECKED, arg=False, timeout=60_000)
         page.wait_for_function("!document.body.innerText.includes('frames processed')", timeout=60_000)
         context.close()
+
+
+def test_a_shared_dashboard_shows_only_its_lock_until_the_password_is_given(browser, tmp_path):
+    """FER_LAB_PASSWORD set: a deep link shows the lock alone (no page, no sidebar); a wrong password is
+    refused and cleared; the right one opens the page that was asked for. The password never reaches the URL
+    or the server's log."""
+    secret = "lab-" + os.urandom(8).hex()
+    with streamlit_server(tmp_path, extra_env={"FER_LAB_PASSWORD": secret}) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1200})
+        page = context.new_page()
+        page.goto(f"{url}/Train")
+        _settle(page)
+        box = page.get_by_label("Password", exact=True)
+        box.wait_for()
+        assert page.get_by_role("button", name="Start", exact=True).count() == 0
+        assert page.locator("[data-testid='stSidebarNav']").count() == 0
+        box.fill("not it")
+        page.get_by_role("button", name="Unlock").click()
+        page.get_by_text("Wrong password").wait_for(timeout=30_000)
+        assert box.input_value() == ""  # what was typed does not stay in the page
+        box.fill(secret)
+        page.get_by_role("button", name="Unlock").click()
+        page.get_by_role("button", name="Start", exact=True).wait_for(timeout=60_000)  # the page asked for: Train
+        page.screenshot(path=str(SHOTS / "unlocked.png"))
+        assert secret not in page.url and page.url.rstrip("/").endswith("/Train")
+        context.close()
+    assert secret not in (tmp_path / "server.log").read_text()
