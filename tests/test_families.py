@@ -198,3 +198,21 @@ def test_the_readme_example_family_registers_builds_and_solves():
     finally:
         registry._REGISTRY.pop("tinynet", None)
         registry.count_params.cache_clear()
+
+
+def test_the_quick_comparison_table_is_what_its_runs_say():
+    """results/quick/README.md's table, cell by cell, from the shipped summaries (nothing typed by hand)."""
+    import json
+    import re
+
+    from conftest import ROOT
+
+    quick = ROOT / "results" / "quick"
+    summaries = [json.loads(p.read_text()) for p in quick.glob("*/summary.json")]
+    assert len(summaries) == 12 and {s["family"] for s in summaries} == {"mobilenet", "cnn", *NEW}
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", (quick / "README.md").read_text(), re.M)
+    assert len(rows) == 4
+    for family, cells in rows:
+        runs = sorted((s for s in summaries if s["family"] == family), key=lambda s: s["params"])
+        expected = [f"{s['private_acc']:.3f} ({s['params'] / 1000:.0f}k)" for s in runs]
+        assert [c.strip() for c in cells.split("|")] == expected, family
