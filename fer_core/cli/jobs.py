@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fer_core.cli.common import print_json
+from fer_core.jobs import ray_auth
 from fer_core.jobs.queue import cancel_job, cancel_run, job_runs, jobs_dir, list_jobs, run_queue
 
 
@@ -39,6 +41,23 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_ray_token(args) -> int:
+    if args.generate:
+        path = ray_auth.generate_token(Path(args.generate) if args.generate != "default" else None, args.force)
+        print(f"wrote a new Ray token to {path} (readable by you only); copy it to every node and client")
+    for note in ray_auth.secure_token_files():
+        print(f"note: {note}")
+    source = ray_auth.token_source()
+    info = {"token_from": source, "auth_mode": os.environ.get(ray_auth.MODE_ENV) or None}
+    if args.json:
+        print_json(info)
+    elif source:
+        print(f"Ray token: {source}. Start every node, and run FER Lab, with RAY_AUTH_MODE=token set.")
+    else:
+        print(f"no Ray token here: `python -m fer_core ray-token --generate` writes {ray_auth.default_token_path()}")
+    return 0
+
+
 def register(sub) -> None:
     """Add this group's commands to the top-level parser's subcommands."""
     s = sub.add_parser("jobs", help="queued trainings started from the dashboard, with their progress")
@@ -48,6 +67,18 @@ def register(sub) -> None:
     s = sub.add_parser("cancel", help="cancel a job (its queue) or one running run")
     s.add_argument("target", help="job id or run id")
     s.set_defaults(func=cmd_cancel)
+
+    s = sub.add_parser("ray-token", help="where the Ray cluster token is here; make its file private; make one")
+    s.add_argument(
+        "--generate",
+        nargs="?",
+        const="default",
+        metavar="FILE",
+        help="write a new random token (default ~/.ray/auth_token), readable by you only",
+    )
+    s.add_argument("--force", action="store_true", help="replace an existing token file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ray_token)
 
     s = sub.add_parser("queue", help=argparse.SUPPRESS)  # the detached process behind a job
     s.add_argument("job_dir")

@@ -31,7 +31,7 @@ from pathlib import Path
 from fer_core.common import FerError
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.jobs.items import item_config
-from fer_core.jobs.ray_backend import run_ray_job
+from fer_core.jobs.ray_backend import check_cluster, run_ray_job
 from fer_core.store.files import atomic_write_json, read_json
 from fer_core.store.runs import Run, find_run, pid_alive, runs_dir
 from fer_core.training.config import RunConfig
@@ -149,7 +149,12 @@ def run_configs(
 
 
 def _run_job_and_wait(cfgs: list[RunConfig], backend: dict, on_done: Callable[[Job], None] | None) -> list[Job]:
-    """Submit ``cfgs`` as one job on ``backend`` and follow it to the end (Ctrl-C cancels it)."""
+    """Submit ``cfgs`` as one job on ``backend`` and follow it to the end (Ctrl-C cancels it).
+
+    A cluster given by address is tried first, so a refused token or a missing GPU is one error before
+    anything is queued, not a failure per training."""
+    if backend.get("address"):
+        check_cluster(backend)
     jid = submit(cfgs, title=f"{len(cfgs)} trainings on Ray", backend=backend)
     jobs = [Job(["train", "--config", "(job " + jid + ")"], tag={"config": c}) for c in cfgs]
     reported: set[int] = set()

@@ -20,10 +20,12 @@ queue JOBDIR``, the *driver*) through this module instead of local child process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 from fer_core.common import FerError
 from fer_core.common.paths import PACKAGE_DIR
 from fer_core.data.sources import load
+from fer_core.jobs import ray_auth
 from fer_core.jobs.items import item_config
 from fer_core.store.files import atomic_write_bytes, atomic_write_json, read_json
 from fer_core.store.runs import Run, find_run, runs_dir
@@ -67,18 +70,26 @@ def connect(address: str | None, num_cpus: int | None = None):
     ray = _ray()
     if ray.is_initialized():
         return ray
+    source = ray_auth.prepare_client(address)
     pkg = str(PACKAGE_DIR)
     kw = {"address": address} if address else {"num_cpus": num_cpus}
+    log: list[str] = []
     try:
-        ray.init(
-            **kw,
-            runtime_env={"py_modules": [pkg], "env_vars": {"OMP_NUM_THREADS": "1"}},
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    except Exception as e:  # no cluster there, wrong port, version mismatch
-        raise FerError(f"cannot connect to a Ray cluster at {address or 'a new local instance'}: {e}") from None
+        with ray_auth.captured_stderr() if address else contextlib.nullcontext() as log:
+            ray.init(
+                **kw,
+                runtime_env={"py_modules": [pkg], "env_vars": {"OMP_NUM_THREADS": "1"}},
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    except Exception as e:  # a refused token, no cluster there, wrong port, version mismatch
+        text = " ".join([type(e).__name__, str(e), str(e.__cause__ or ""), *(log or [])])
+        where = address or "a new local instance"
+        refused = ray_auth.refusal(where, source, text)
+        raise FerError(refused or f"cannot connect to a Ray cluster at {where}: {e}") from None
+    for note in ray_auth.secure_token_files():  # a local cluster may just have written its token file
+        print(f"note: {note}", file=sys.stderr)
     return ray
 
 
@@ -92,6 +103,17 @@ def check_resources(ray, spec: dict) -> None:
         )
     if total.get("CPU", 0) < spec["cpus"]:
         raise FerError(f"each training asks for {spec['cpus']:g} CPUs; the cluster has {total.get('CPU', 0):g}")
+
+
+def check_cluster(spec: dict) -> None:
+    """Connect to ``spec``'s cluster, check its resources, disconnect: a :class:`FerError` says what is wrong."""
+    owned = not _ray().is_initialized()  # a connection this process already has is left as it is
+    ray = connect(spec.get("address"))
+    try:
+        check_resources(ray, spec)
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 # --------------------------------------------------------------------------------------------------- the worker side
