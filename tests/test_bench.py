@@ -17,3 +17,16 @@ def test_bench_writes_the_figures_it_promises(tmp_path):
         assert all(v > 0 for v in doc["face_latency_ms"][model].values())
     assert doc["live_fps"] > 0 and doc["live_faces_per_frame"] == 1 and doc["live_detect_ms_median"] > 0
     assert json.loads((tmp_path / "bench.json").read_text()) == doc
+
+
+def test_the_live_soak_reports_memory_and_threads_at_start_and_end(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("bench", "--soak", "240", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "soak.json").read_text())
+    assert doc["soak_frames"] == 240 and len(doc["soak_points"]) == 10 and doc["soak_points"][-1]["frame"] == 240
+    assert doc["soak_start"]["rss_mb"] > 0 and doc["soak_start"]["threads"] >= 1 and doc["soak_error"] is None
+    assert doc["soak_rss_growth_mb"] == round(doc["soak_end"]["rss_mb"] - doc["soak_start"]["rss_mb"], 1)
+    assert 0.5 < doc["soak_faces_per_frame"] < 1.0  # the clip has empty frames; the faces are found
+    assert "live soak, 240 frames" in out.stdout and "goal (< 20 MB, no new threads)" in out.stdout

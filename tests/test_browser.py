@@ -9,17 +9,14 @@ Screenshots of every page go to artifacts/screenshots/ (git-ignored).
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import ROOT
 from fer_core.serving.inference import demo_frame
+from fer_core.studies.serve_bench import dashboard, serve_bench, write_y4m
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pw = pytest.importorskip("playwright.sync_api")
@@ -27,75 +24,13 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 SHOTS = ROOT / "artifacts" / "screenshots"
 
 
-def write_y4m(path: Path, frame: np.ndarray, frames: int = 10) -> None:
-    """A YUV4MPEG2 video of one gray frame, which Chromium plays as its fake webcam."""
-    h, w = frame.shape
-    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            f.write(b"FRAME\n" + frame.tobytes() + chroma + chroma)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def streamlit_server(tmp: Path, reference: Path | None = None, extra_env: dict | None = None):
-    """A fresh `streamlit run streamlit_app.py` on a free port; yields its URL once it accepts connections."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FER_RUNS": str(tmp / "runs"),
-        "FER_CACHE": str(tmp / "cache"),
-        "FER_DATA": "synthetic",
-        "FER_REFERENCE": str(reference or tmp / "no-reference"),
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        **(extra_env or {}),
-    }
-    log = open(tmp / "server.log", "wb")  # closed below, after the server
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "streamlit_app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-        ],
-        cwd=ROOT,
-        env=env,
-        # a file, not a pipe nobody reads: once a pipe's buffer fills, the server blocks on its next log line
-        # and every page stays blank (seen: the file watcher's warnings filled it mid-test)
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # a server still closing WebRTC sessions: this is a test server
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()
+    """A fresh `streamlit run streamlit_app.py` on a free port (the benchmark's own launcher); yields its URL
+    once it accepts connections. Its log is tmp/server.log."""
+    env = {"FER_CACHE": str(tmp / "cache"), "FER_REFERENCE": str(reference or tmp / "no-reference")}
+    with dashboard(tmp, {**env, **(extra_env or {})}) as (url, _pid):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +230,16 @@ def test_a_shared_dashboard_shows_only_its_lock_until_the_password_is_given(brow
         assert secret not in page.url and page.url.rstrip("/").endswith("/Train")
         context.close()
     assert secret not in (tmp_path / "server.log").read_text()
+
+
+def test_the_serving_benchmark_measures_live_cycles_and_sessions_at_once(tmp_path, monkeypatch):
+    """`bench --serve` in miniature (one live cycle, two sessions at once) against the shipped models."""
+    monkeypatch.delenv("FER_REFERENCE")
+    doc = serve_bench(cycles=1, sessions=[2], out_dir=str(tmp_path), quiet=True)
+    live = doc["live_cycles"]
+    assert live["cycles"] == 1 and live["before"]["threads"] > 0 and live["after"]["rss_mb"] > 0
+    assert live["threads_ratio"] == round(live["after"]["threads"] / live["before"]["threads"], 3)
+    (row,) = doc["load"]
+    assert row["sessions"] == 2 and 0 < row["labels_s_median"] <= row["labels_s_worst"]
+    assert 0 < row["compare_s_median"] <= row["compare_s_worst"] and row["rss_mb_with_sessions"] > 0
+    assert (tmp_path / "serve.json").is_file()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_core.cli.common import add_ray_arguments, backend_from, base_config, print_json
-from fer_core.store.runs import runs_dir
-from fer_core.studies.bench import ray_overhead, run_bench
+from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
+from fer_core.store.files import atomic_write_json
+from fer_core.store.runs import RESULTS_DIR, runs_dir
+from fer_core.studies.bench import live_soak, ray_overhead, run_bench
 from fer_core.studies.beyond import run_beyond
 from fer_core.studies.reference import run_reference, write_record
+from fer_core.studies.serve_bench import serve_bench
 from fer_core.training.config import add_arguments, apply_arguments
 
 
@@ -56,6 +58,27 @@ def cmd_study(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.soak:
+        doc = live_soak(args.soak, say=(lambda *a: None) if args.json else print)
+        out = Path(args.out) if args.out else RESULTS_DIR / "bench"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "soak.json", doc)
+        if args.json:
+            print_json(doc)
+        else:
+            print(
+                f"live soak, {doc['soak_frames']:,} frames at {doc['soak_fps']} fps ({doc['soak']}): memory "
+                f"{doc['soak_start']['rss_mb']} -> {doc['soak_end']['rss_mb']} MB ({doc['soak_rss_growth_mb']:+} MB), "
+                f"threads {doc['soak_start']['threads']} -> {doc['soak_end']['threads']}; goal (< 20 MB, no new "
+                f"threads) {'met' if doc['soak_goal_met'] else 'NOT met'}; written: {out / 'soak.json'}"
+            )
+        return 0
+    if args.serve:
+        sessions = [int(n) for n in number_list(args.sessions)] if args.sessions else None
+        doc = serve_bench(args.cycles, sessions, args.out, args.json)
+        if args.json:
+            print_json(doc)
+        return 0
     if args.ray:
         doc = ray_overhead(out_dir=args.out, quiet=args.json)
         if args.json:
@@ -126,5 +149,21 @@ def register(sub) -> None:
     s.add_argument(
         "--ray", action="store_true", help="instead: a local Ray's start time and its per-run overhead vs the queue"
     )
+    s.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=20_000,
+        default=None,
+        metavar="FRAMES",
+        help="instead: the live processor over FRAMES frames (default 20000): memory and threads, start vs end",
+    )
+    s.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead: the dashboard in a real browser: live video on/off --cycles times, then --sessions at once",
+    )
+    s.add_argument("--cycles", type=int, default=20, help="--serve: live video starts and stops (default: 20)")
+    s.add_argument("--sessions", default=None, help="--serve: browser sessions at once, e.g. 1,4,8 (the default)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)

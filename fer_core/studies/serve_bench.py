@@ -1,0 +1,253 @@
+"""``python -m fer_core bench --serve``: the dashboard as a shared server meets it, driven by a real browser.
+
+Starts ``streamlit run streamlit_app.py`` on a free local port (the shipped models; synthetic data) and drives
+Chromium through Playwright (both optional: the bench says what is missing). It measures the server process:
+
+- **live video on and off**: ``cycles`` times, a tab opens Try it, starts the live stream (Chromium's fake
+  camera showing a drawn face), waits until the server has processed frames, then stops it, or, every fourth
+  time, closes the tab mid-stream. The server's threads and resident memory before (after a warm-up) and after
+  (once it has settled) are compared: goal, back within 10%;
+- **load**: for each count in ``sessions``, that many browser sessions at once each upload a photo on Try it
+  (until every model's label is drawn) and open Compare (until the scatter is drawn); median and worst times,
+  and the server's memory per session (models are cached once per process, so a session should cost little).
+
+Linux only for the server's memory and threads (``/proc``). Numbers, not pass/fail: the README quotes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_core.common import FerError
+from fer_core.common.paths import PROJECT_DIR
+from fer_core.serving.inference import demo_frame
+from fer_core.store.files import atomic_write_json
+from fer_core.store.runs import RESULTS_DIR
+from fer_core.studies.bench import process_stats
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+#: Page text once the live stream has gone through the server: "frames processed: N ... faces: M".
+LIVE_COUNTED = r"""(n) => {
+    const m = document.body.innerText.match(/frames processed: (\d+)\D+faces: (\d+)/);
+    return !!m && +m[1] >= n;
+}"""
+SETTLED = "!document.querySelector('[data-testid=\"stStatusWidget\"]')"
+
+
+def _chromium() -> str:
+    path = os.environ.get("FER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        raise FerError("bench --serve needs Chromium (e.g. apt install chromium) or FER_CHROMIUM=/path/to/it")
+    return path
+
+
+def write_y4m(path: Path, frame: np.ndarray, frames: int = 10) -> None:
+    """A YUV4MPEG2 clip of one gray frame: Chromium plays it as its fake webcam."""
+    h, w = frame.shape
+    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + frame.tobytes() + chroma + chroma)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dashboard(tmp: Path, env: dict | None = None):
+    """A fresh dashboard server on a free port: yields (url, pid) once it answers; stopped on exit."""
+    port = _free_port()
+    env = {**os.environ, "FER_RUNS": str(tmp / "runs"), "FER_DATA": "synthetic", "OMP_NUM_THREADS": "1", **(env or {})}
+    env["PYTHONPATH"] = str(PROJECT_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(tmp / "server.log", "wb")
+    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)]
+    cmd += ["--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise FerError(f"the dashboard did not start (see {tmp / 'server.log'})") from None
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+
+
+async def _settle(page, timeout=120_000) -> None:
+    await page.wait_for_selector("[data-testid='stApp']", timeout=timeout)
+    await page.wait_for_function(SETTLED, timeout=timeout)
+
+
+async def _session(browser, url: str, photo: Path) -> dict:
+    """One visitor: upload a photo on Try it until every label is drawn, then Compare until its scatter is."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1800})
+    page = await context.new_page()
+    try:
+        t0 = time.perf_counter()
+        await page.goto(f"{url}/Try_it")
+        await _settle(page)
+        await page.get_by_role("tab", name="Upload a photo").click()
+        await page.locator("input[type=file]").set_input_files(str(photo))
+        await page.get_by_text("Face 1").first.wait_for(timeout=240_000)
+        await page.wait_for_function(
+            "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2", timeout=240_000
+        )
+        t1 = time.perf_counter()
+        await page.goto(f"{url}/Compare")
+        await _settle(page, 240_000)
+        await page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=240_000)
+        t2 = time.perf_counter()
+        return {"labels_s": round(t1 - t0, 2), "compare_s": round(t2 - t1, 2), "context": context}
+    except Exception:
+        await context.close()
+        raise
+
+
+async def _live_cycle(browser, url: str, close_mid_stream: bool) -> None:
+    context = await browser.new_context(viewport={"width": 1400, "height": 1800}, permissions=["camera"])
+    page = await context.new_page()
+    await page.goto(f"{url}/Try_it")
+    await _settle(page)
+    await page.get_by_role("tab", name="Live video").click()
+    toggle = page.locator("[data-testid='stCheckbox']", has_text="Live video")
+    await toggle.wait_for()
+    await toggle.click()
+    await page.wait_for_function(LIVE_COUNTED, arg=5, timeout=180_000)
+    if not close_mid_stream:
+        await toggle.click()
+        await page.wait_for_function("!document.body.innerText.includes('frames processed')", timeout=120_000)
+    await context.close()  # a closed tab: the server learns it only when the connection drops
+
+
+def _settled(pid: int, target_threads: int, timeout: float = 120.0) -> dict:
+    """The server's stats once its thread count is back to ``target_threads`` (or after ``timeout``): a
+    closed WebRTC session is torn down by the server some seconds after the tab goes."""
+    deadline = time.time() + timeout
+    while True:
+        stats = process_stats(pid)
+        if stats["threads"] is None or stats["threads"] <= target_threads or time.time() > deadline:
+            return {**stats, "waited_s": round(timeout - max(0.0, deadline - time.time()), 1)}
+        time.sleep(1.0)
+
+
+async def _run(url: str, pid: int, photo: Path, video: Path, cycles: int, sessions: list[int], say) -> dict:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        raise FerError("bench --serve needs playwright: pip install playwright") from None
+    out: dict = {}
+    async with async_playwright() as p:
+        args = CHROMIUM_ARGS + FAKE_CAMERA + [f"--use-file-for-fake-video-capture={video}"]
+        browser = await p.chromium.launch(executable_path=_chromium(), args=args)
+        warm = await _session(browser, url, photo)  # loads the models and every page once
+        await warm["context"].close()
+        await _live_cycle(browser, url, close_mid_stream=False)
+        base = _settled(pid, 0, timeout=5)
+        say(f"  server after a warm-up: {base['rss_mb']} MB, {base['threads']} threads")
+        t0 = time.perf_counter()
+        for i in range(cycles):
+            await _live_cycle(browser, url, close_mid_stream=i % 4 == 3)
+        after = _settled(pid, int(base["threads"] * 1.1) if base["threads"] else 0)
+        say(
+            f"  live video started and stopped {cycles}x ({cycles // 4} tabs closed mid-stream, "
+            f"{time.perf_counter() - t0:.0f} s): {after['rss_mb']} MB, {after['threads']} threads"
+        )
+        out["live_cycles"] = {
+            "cycles": cycles,
+            "closed_mid_stream": cycles // 4,
+            "before": base,
+            "after": after,
+            "threads_ratio": round(after["threads"] / base["threads"], 3) if base["threads"] else None,
+            "rss_ratio": round(after["rss_mb"] / base["rss_mb"], 3) if base["rss_mb"] else None,
+        }
+        out["live_cycles"]["goal_met"] = bool(
+            out["live_cycles"]["threads_ratio"] is not None
+            and out["live_cycles"]["threads_ratio"] <= 1.1
+            and out["live_cycles"]["rss_ratio"] <= 1.1
+        )
+        out["load"] = []
+        for n in sessions:
+            before = process_stats(pid)
+            t0 = time.perf_counter()
+            done = await asyncio.gather(*(_session(browser, url, photo) for _ in range(n)))
+            wall = time.perf_counter() - t0
+            loaded = process_stats(pid)
+            for d in done:
+                await d.pop("context").close()
+            labels, compare = [d["labels_s"] for d in done], [d["compare_s"] for d in done]
+            row = {
+                "sessions": n,
+                "wall_s": round(wall, 1),
+                "labels_s_median": round(statistics.median(labels), 2),
+                "labels_s_worst": max(labels),
+                "compare_s_median": round(statistics.median(compare), 2),
+                "compare_s_worst": max(compare),
+                "rss_mb_before": before["rss_mb"],
+                "rss_mb_with_sessions": loaded["rss_mb"],
+                "rss_mb_per_session": round((loaded["rss_mb"] - before["rss_mb"]) / n, 1) if before["rss_mb"] else None,
+            }
+            out["load"].append(row)
+            say(
+                f"  {n} sessions at once: labels median {row['labels_s_median']} s (worst {row['labels_s_worst']}), "
+                f"Compare median {row['compare_s_median']} s (worst {row['compare_s_worst']}); server "
+                f"{row['rss_mb_before']} -> {row['rss_mb_with_sessions']} MB ({row['rss_mb_per_session']} MB/session)"
+            )
+        await browser.close()
+    return out
+
+
+def serve_bench(
+    cycles: int = 20, sessions: list[int] | None = None, out_dir: str | None = None, quiet: bool = False
+) -> dict:
+    """Run both measurements against a fresh dashboard; write ``serve.json`` under results/bench/ (or
+    ``out_dir``) and return it."""
+    say = (lambda *a: None) if quiet else print
+    sessions = sessions or [1, 4, 8]
+    _chromium()
+    with tempfile.TemporaryDirectory(prefix="fer-serve-") as tmp_name:
+        tmp = Path(tmp_name)
+        face = demo_frame(seed=3)
+        photo, video = tmp / "face.png", tmp / "face.y4m"
+        cv2.imwrite(str(photo), face)
+        write_y4m(video, face)
+        say(f"dashboard under a browser: live video {cycles}x on/off, then {sessions} sessions at once")
+        with dashboard(tmp) as (url, pid):
+            # a thread of its own: asyncio.run refuses to start inside a running loop (a caller's Playwright)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                doc = pool.submit(asyncio.run, _run(url, pid, photo, video, cycles, sessions, say)).result()
+    doc.update(cpus=os.cpu_count(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out = Path(out_dir) if out_dir else RESULTS_DIR / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "serve.json", doc)
+    say(f"written: {out / 'serve.json'}")
+    return doc
