@@ -29,7 +29,7 @@ COMMANDS = {
     **dict.fromkeys(["export", "compare", "figures", "eval", "runs"], "runs"),
     **dict.fromkeys(["export-onnx", "predict"], "serving"),
     **dict.fromkeys(["face-template", "eval-faces"], "faces"),
-    **dict.fromkeys(["jobs", "cancel", "queue"], "jobs"),
+    **dict.fromkeys(["jobs", "cancel", "ray-token", "queue"], "jobs"),
     **dict.fromkeys(["reference", "study", "bench"], "studies"),
 }
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
-from fer_core.studies.bench import live_soak, ray_overhead, run_bench
+from fer_core.studies.bench import ray_overhead, run_bench
 from fer_core.studies.beyond import run_beyond
 from fer_core.studies.reference import run_reference, write_record
-from fer_core.studies.serve_bench import serve_bench
+from fer_core.studies.serve_bench import live_soak, serve_bench
 from fer_core.training.config import add_arguments, apply_arguments
 
 

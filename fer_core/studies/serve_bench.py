@@ -1,7 +1,9 @@
-"""``python -m fer_core bench --serve``: the dashboard as a shared server meets it, driven by a real browser.
+"""Serving for hours and for many: ``bench --soak`` (the live processor alone over many frames) and ``bench
+--serve`` (the dashboard as a shared server meets it, driven by a real browser).
 
-Starts ``streamlit run streamlit_app.py`` on a free local port (the shipped models; synthetic data) and drives
-Chromium through Playwright (both optional: the bench says what is missing). It measures the server process:
+``--serve`` starts ``streamlit run streamlit_app.py`` on a free local port (the shipped models; synthetic data)
+and drives Chromium through Playwright (both optional: the bench says what is missing). It measures the
+server process:
 
 - **live video on and off**: ``cycles`` times, a tab opens Try it, starts the live stream (Chromium's fake
   camera showing a drawn face), waits until the server has processed frames, then stops it, or, every fourth
@@ -35,9 +37,76 @@ import numpy as np
 from fer_core.common import FerError
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.serving.inference import demo_frame
+from fer_core.serving.live import LiveProcessor
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR
-from fer_core.studies.bench import process_stats
+from fer_core.studies.bench import width_one_models
+
+
+def process_stats(pid: int | str = "self") -> dict:
+    """Resident memory (MB) and OS threads of a process, from ``/proc`` (Linux; None elsewhere)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1), "threads": int(fields["Threads"])}
+    except (OSError, KeyError, ValueError):
+        return {"rss_mb": None, "threads": None}
+
+
+def _soak_frames(n: int = 24) -> list[np.ndarray]:
+    """A varied clip to cycle through: two people's faces moving across the frame, and empty frames (a face
+    lost and found again exercises the tracker's bookkeeping, where leaks would hide)."""
+    blank = np.full((480, 640), 118, np.uint8)
+    faces = (demo_frame(seed=3), demo_frame(seed=5))
+    frames = [np.roll(faces[i // 12 % 2], (i % 8) * 12 - 48, axis=1) if i % 6 else blank for i in range(n)]
+    return [np.ascontiguousarray(np.stack([f] * 3, -1)) for f in frames]
+
+
+def live_soak(frames: int = 20_000, runtime: str = "onnxruntime", checkpoints: int = 10, say=print) -> dict:
+    """The live processor over ``frames`` frames, as the page's callback runs it (PyAV conversions when
+    installed): resident memory and thread count after a warm-up and at ``checkpoints`` points after it.
+
+    Goal: memory growth under 20 MB and no thread growth from the warm-up to the end."""
+    try:
+        import av
+    except ImportError:
+        av = None
+    proc = LiveProcessor(width_one_models(runtime))
+    clip = _soak_frames()
+
+    def one(rgb):
+        if av is None:
+            return proc.process(rgb)
+        src = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        return av.VideoFrame.from_ndarray(proc.process(src.to_ndarray(format="rgb24")), format="rgb24")
+
+    for rgb in clip * 8:  # warm-up: allocations, caches, ONNX Runtime's arenas
+        one(rgb)
+    start = process_stats()
+    points, t0 = [], time.perf_counter()
+    every = max(1, frames // checkpoints)
+    for i in range(1, frames + 1):
+        one(clip[i % len(clip)])
+        if i % every == 0 or i == frames:
+            points.append({"frame": i, **process_stats(), "s": round(time.perf_counter() - t0, 1)})
+            say(f"  soak {i:>6,}/{frames:,} frames: {points[-1]['rss_mb']} MB, {points[-1]['threads']} threads")
+    end = points[-1]
+    snap = proc.snapshot()
+    growth = round(end["rss_mb"] - start["rss_mb"], 1) if start["rss_mb"] is not None else None
+    return {
+        "soak_frames": frames,
+        "soak_fps": round(frames / (time.perf_counter() - t0), 1),
+        "soak_faces_per_frame": round(snap["faces"] / max(snap["frames"], 1), 2),
+        "soak_error": snap.get("error"),
+        "soak_start": start,
+        "soak_end": {k: end[k] for k in ("rss_mb", "threads")},
+        "soak_rss_growth_mb": growth,
+        "soak_thread_growth": (end["threads"] - start["threads"]) if start["threads"] is not None else None,
+        "soak_points": points,
+        "soak_goal_met": growth is not None and growth < 20 and end["threads"] <= start["threads"],
+        "soak": f"640x480 clip of {len(clip)} frames (two people's faces moving, empty frames), both width-1.0 "
+        f"models, {runtime}" + (", PyAV conversions" if av else ""),
+    }
+
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
