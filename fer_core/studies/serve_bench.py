@@ -44,12 +44,18 @@ from fer_core.studies.bench import width_one_models
 
 
 def process_stats(pid: int | str = "self") -> dict:
-    """Resident memory (MB) and OS threads of a process, from ``/proc`` (Linux; None elsewhere)."""
+    """Resident memory (MB), OS threads and CPU seconds used so far of a process, from ``/proc`` (Linux;
+    None elsewhere)."""
     try:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-        return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1), "threads": int(fields["Threads"])}
-    except (OSError, KeyError, ValueError):
-        return {"rss_mb": None, "threads": None}
+        ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]  # utime, stime
+        return {
+            "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+            "threads": int(fields["Threads"]),
+            "cpu_s": round(sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK"), 2),
+        }
+    except (OSError, KeyError, ValueError, IndexError):
+        return {"rss_mb": None, "threads": None, "cpu_s": None}
 
 
 def _soak_frames(n: int = 24) -> list[np.ndarray]:
@@ -229,6 +235,10 @@ def _settled(pid: int, target_threads: int, timeout: float = 120.0) -> dict:
         time.sleep(1.0)
 
 
+def _per(after: dict, before: dict, key: str, n: int, digits: int) -> float | None:
+    return round((after[key] - before[key]) / n, digits) if before[key] is not None else None
+
+
 async def _run(url: str, pid: int, photo: Path, video: Path, cycles: int, sessions: list[int], say) -> dict:
     try:
         from playwright.async_api import async_playwright
@@ -243,9 +253,10 @@ async def _run(url: str, pid: int, photo: Path, video: Path, cycles: int, sessio
         await _live_cycle(browser, url, close_mid_stream=False)
         base = _settled(pid, 0, timeout=5)
         say(f"  server after a warm-up: {base['rss_mb']} MB, {base['threads']} threads")
-        t0 = time.perf_counter()
+        t0, trend = time.perf_counter(), []
         for i in range(cycles):
             await _live_cycle(browser, url, close_mid_stream=i % 4 == 3)
+            trend.append(process_stats(pid)["rss_mb"])  # right after each cycle: does it climb or level off?
         after = _settled(pid, int(base["threads"] * 1.1) if base["threads"] else 0)
         say(
             f"  live video started and stopped {cycles}x ({cycles // 4} tabs closed mid-stream, "
@@ -258,6 +269,7 @@ async def _run(url: str, pid: int, photo: Path, video: Path, cycles: int, sessio
             "after": after,
             "threads_ratio": round(after["threads"] / base["threads"], 3) if base["threads"] else None,
             "rss_ratio": round(after["rss_mb"] / base["rss_mb"], 3) if base["rss_mb"] else None,
+            "rss_mb_after_each_cycle": trend,
         }
         out["live_cycles"]["goal_met"] = bool(
             out["live_cycles"]["threads_ratio"] is not None
@@ -283,13 +295,15 @@ async def _run(url: str, pid: int, photo: Path, video: Path, cycles: int, sessio
                 "compare_s_worst": max(compare),
                 "rss_mb_before": before["rss_mb"],
                 "rss_mb_with_sessions": loaded["rss_mb"],
-                "rss_mb_per_session": round((loaded["rss_mb"] - before["rss_mb"]) / n, 1) if before["rss_mb"] else None,
+                "rss_mb_per_session": _per(loaded, before, "rss_mb", n, 1),
+                "server_cpu_s_per_session": _per(loaded, before, "cpu_s", n, 2),
             }
             out["load"].append(row)
             say(
                 f"  {n} sessions at once: labels median {row['labels_s_median']} s (worst {row['labels_s_worst']}), "
                 f"Compare median {row['compare_s_median']} s (worst {row['compare_s_worst']}); server "
-                f"{row['rss_mb_before']} -> {row['rss_mb_with_sessions']} MB ({row['rss_mb_per_session']} MB/session)"
+                f"{row['rss_mb_before']} -> {row['rss_mb_with_sessions']} MB ({row['rss_mb_per_session']} MB/session), "
+                f"{row['server_cpu_s_per_session']} CPU-s/session"
             )
         await browser.close()
     return out
