@@ -177,3 +177,15 @@ def test_a_client_without_the_right_token_is_refused_in_one_line(token_cluster, 
     }[given]
     assert len(errors) == 1 and errors[0].startswith(expected), out.stderr[-3000:]
     assert not (isolated_store / "runs" / ".jobs").exists()  # refused before anything was queued
+
+
+def test_an_address_where_nothing_answers_is_said_at_once():
+    from fer_core.jobs.ray_backend import _check_reachable
+
+    address = f"127.0.0.1:{_free_port()}"  # free, so nothing listens there
+    with pytest.raises(FerError, match=rf"nothing answers at {address} \(Connection refused\)"):
+        _check_reachable(address)
+    with pytest.raises(FerError, match=r"nothing answers at ray://127\.0\.0\.1:"):
+        _check_reachable(f"ray://{address}")
+    for resolved_by_ray in (None, "auto", "local"):
+        _check_reachable(resolved_by_ray)

@@ -70,6 +70,7 @@ def connect(address: str | None, num_cpus: int | None = None):
     ray = _ray()
     if ray.is_initialized():
         return ray
+    _check_reachable(address)
     source = ray_auth.prepare_client(address)
     pkg = str(PACKAGE_DIR)
     kw = {"address": address} if address else {"num_cpus": num_cpus}
@@ -91,6 +92,20 @@ def connect(address: str | None, num_cpus: int | None = None):
     for note in ray_auth.secure_token_files():  # a local cluster may just have written its token file
         print(f"note: {note}", file=sys.stderr)
     return ray
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) where nothing answers is said at once: Ray itself waits over a minute."""
+    host, _, port = (address or "").split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():  # None (a new local Ray), "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FerError(
+            f"nothing answers at {address} ({e.strerror or type(e).__name__}): is the cluster's head running, "
+            "and is that port reachable from this machine?"
+        ) from None
 
 
 def check_resources(ray, spec: dict) -> None:
