@@ -56,6 +56,7 @@ CASES = {
     ],
     "compare": lambda s: [],
     "jobs": lambda s: [],
+    "ray-token": lambda s: ["--generate", str(s["root"] / "ray-token")],  # a token file of its own
     "eval": lambda s: [s["run"], "--split", "public"],
     "runs": lambda s: [],
     "predict": lambda s: [s["photo"], "--runs", s["run"]],

@@ -42,16 +42,18 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_ray_token(args) -> int:
+    said = []
     if args.generate:
         path = ray_auth.generate_token(Path(args.generate) if args.generate != "default" else None, args.force)
-        print(f"wrote a new Ray token to {path} (readable by you only); copy it to every node and client")
-    for note in ray_auth.secure_token_files():
-        print(f"note: {note}")
+        said.append(f"wrote a new Ray token to {path} (readable by you only); copy it to every node and client")
+    said += [f"note: {note}" for note in ray_auth.secure_token_files()]
     source = ray_auth.token_source()
-    info = {"token_from": source, "auth_mode": os.environ.get(ray_auth.MODE_ENV) or None}
     if args.json:
-        print_json(info)
-    elif source:
+        print_json({"token_from": source, "auth_mode": os.environ.get(ray_auth.MODE_ENV) or None, "said": said})
+        return 0
+    for line in said:
+        print(line)
+    if source:
         print(f"Ray token: {source}. Start every node, and run FER Lab, with RAY_AUTH_MODE=token set.")
     else:
         print(f"no Ray token here: `python -m fer_core ray-token --generate` writes {ray_auth.default_token_path()}")
