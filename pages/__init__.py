@@ -35,7 +35,10 @@ def unlocked() -> bool:
 def lock_screen() -> None:
     """The only thing a locked dashboard shows: a password form (sent over the page's websocket, never in the
     URL; cleared on submit)."""
-    lock = password_lock(configured_password(_secrets()) or "")
+    password = configured_password(_secrets())
+    if password is None:  # unset since the check: nothing to lock
+        st.rerun()
+    lock = password_lock(password)
     st.title("FER Lab")
     st.write("This dashboard is shared and locked. Ask whoever runs it for the password.")
     with st.form("fer-lab-unlock", clear_on_submit=True):

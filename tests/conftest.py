@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,13 @@ def tiny_config(**train):
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
+
+
+def wait_until(pred, what: str = "the condition", timeout: float = 240.0, poll: float = 0.2):
+    """Poll ``pred`` until it is true (the event a test waits for, never a fixed sleep); fail after ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

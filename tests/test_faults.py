@@ -9,23 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from conftest import ROOT, run_cli, tiny_config
+from conftest import ROOT, run_cli, tiny_config, wait_until
 from fer_core.jobs.queue import active_jobs, cancel_job, job_runs, list_jobs, submit
 from fer_core.store.files import read_json
 from fer_core.store.runs import Run, runs_dir
 from fer_core.training.trainer import fit
-
-
-def _wait(pred, what: str, timeout: float = 240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}: {list_jobs()}")
 
 
 def _folder_bytes(path: Path) -> dict[str, bytes]:
@@ -82,9 +72,9 @@ def test_a_training_killed_by_the_system_is_reported_and_the_queue_moves_on():
         summary = job_runs(job)[0]["summary"] or {}
         return it["pid"] if it["status"] == "running" and summary.get("epochs_done") else None
 
-    _wait(first_training, "the first training's first epoch")
+    wait_until(first_training, "the first training's first epoch")
     os.kill(first_training(), signal.SIGKILL)  # what the kernel's out-of-memory killer sends
-    _wait(lambda: not active_jobs(), "the job to end")
+    wait_until(lambda: not active_jobs(), "the job to end")
     job = next(j for j in list_jobs() if j["id"] == jid)
     assert job["status"] == "finished"
     assert [it["status"] for it in job["items"]] == ["failed", "done"]
@@ -133,9 +123,9 @@ def test_a_job_keeps_training_through_a_dashboard_restart_and_the_train_page_sho
         job = next(j for j in list_jobs() if j["id"] == jid)
         return (job_runs(job)[0]["summary"] or {}).get("epochs_done") or 0
 
-    _wait(lambda: epochs_done() >= 1, "an epoch")
+    wait_until(lambda: epochs_done() >= 1, "an epoch")
     seen = epochs_done()
-    _wait(lambda: epochs_done() > seen, "another epoch after the dashboard died")
+    wait_until(lambda: epochs_done() > seen, "another epoch after the dashboard died")
     job = next(j for j in list_jobs() if j["id"] == jid)
     assert job["status"] == "running" and job["items"][0]["status"] == "running"
 
@@ -147,7 +137,7 @@ def test_a_job_keeps_training_through_a_dashboard_restart_and_the_train_page_sho
     progress = [p.proto.text for p in at.get("progress")]
     assert any("cnn w0.1 seed 0" in t and "/300" in t for t in progress), progress
     cancel_job(jid)
-    _wait(lambda: not active_jobs(), "the cancel", timeout=60)
+    wait_until(lambda: not active_jobs(), "the cancel", timeout=60)
     assert read_json(Path(next(j for j in list_jobs() if j["id"] == jid)["path"]) / "state.json")["status"] == (
         "cancelled"
     )

@@ -1,8 +1,6 @@
 """Queued jobs: detached, one after another, cancellable, and honest about what happened."""
 
-import time
-
-from conftest import tiny_config
+from conftest import tiny_config, wait_until
 from fer_core.jobs.queue import active_jobs, cancel_job, job_runs, list_jobs, submit
 
 
@@ -12,19 +10,10 @@ def _tiny(seed=0, epochs=1):
     return cfg
 
 
-def _wait(pred, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    raise TimeoutError(list_jobs())
-
-
 def test_jobs_run_one_after_another_and_record_their_runs():
     first = submit([_tiny(0), _tiny(1)], title="first")
     second = submit([_tiny(2)], title="second")
-    _wait(lambda: not active_jobs())
+    wait_until(lambda: not active_jobs(), "the jobs to end", timeout=180)
     jobs = {j["id"]: j for j in list_jobs()}
     a, b = jobs[first], jobs[second]
     assert a["status"] == b["status"] == "finished"
@@ -36,9 +25,9 @@ def test_jobs_run_one_after_another_and_record_their_runs():
 
 def test_cancelling_a_job_cancels_its_running_training_and_the_rest():
     jid = submit([_tiny(0, epochs=200), _tiny(1)], title="to cancel")
-    _wait(lambda: any(r["summary"] and r["summary"].get("epochs_done") for r in job_runs(list_jobs()[0])))
+    wait_until(lambda: any(r["summary"] and r["summary"].get("epochs_done") for r in job_runs(list_jobs()[0])))
     cancel_job(jid)
-    _wait(lambda: not active_jobs(), timeout=60)
+    wait_until(lambda: not active_jobs(), "the cancel", timeout=60)
     job = list_jobs()[0]
     assert job["status"] == "cancelled"
     assert [it["status"] for it in job["items"]] == ["cancelled", "cancelled"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_until
 from fer_core.common import FerError
 from fer_core.jobs.queue import prepare_job
 from fer_core.store.files import read_json
@@ -51,15 +51,6 @@ def _run(state) -> Run | None:
     return Run(Path(path)) if path else None
 
 
-def _wait_for(cond, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
 def test_two_trainings_run_on_ray_into_the_store_with_progress(cluster, monkeypatch):
     import fer_core.jobs.ray_backend as rb
 
@@ -84,7 +75,7 @@ def test_cancel_stops_the_task_and_records_it(cluster):
     d, plan, state = _job([tiny_config(epochs=500)])
     t = threading.Thread(target=_drive, args=(d, plan, state))
     t.start()
-    _wait_for(lambda: _run(state) and _run(state).metrics())
+    wait_until(lambda: _run(state) and _run(state).metrics())
     (d / "cancel").touch()
     t.join(timeout=120)
     assert not t.is_alive()
@@ -99,7 +90,7 @@ def test_a_killed_worker_fails_its_run_and_leaves_the_store_resumable(cluster):
     d, plan, state = _job([tiny_config(epochs=500)], retries=0)
     t = threading.Thread(target=_drive, args=(d, plan, state))
     t.start()
-    _wait_for(lambda: _run(state) and _run(state).metrics() and _run(state).checkpoint_file.is_file())
+    wait_until(lambda: _run(state) and _run(state).metrics() and _run(state).checkpoint_file.is_file())
     run = Run(Path(state["items"][0]["run"]))
     os.kill(int(run.summary()["ray_worker_pid"]), signal.SIGKILL)
     t.join(timeout=120)

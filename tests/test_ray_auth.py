@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from conftest import run_cli
 from fer_core.common import FerError
 from fer_core.jobs import ray_auth
+from fer_core.studies.serve_bench import free_port
 
 
 @pytest.fixture
@@ -91,12 +91,6 @@ def test_the_refusal_says_what_to_do():
 # ------------------------------------------------------------------------------------------- a real token cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def token_cluster():
     """A one-CPU Ray head started with RAY_AUTH_MODE=token (its own token file, home and temp folder)."""
@@ -109,7 +103,7 @@ def token_cluster():
     token.write_text(os.urandom(32).hex())
     os.chmod(token, 0o600)
     (tmp / "home").mkdir()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -182,7 +176,7 @@ def test_a_client_without_the_right_token_is_refused_in_one_line(token_cluster, 
 def test_an_address_where_nothing_answers_is_said_at_once():
     from fer_core.jobs.ray_backend import _check_reachable
 
-    address = f"127.0.0.1:{_free_port()}"  # free, so nothing listens there
+    address = f"127.0.0.1:{free_port()}"  # free, so nothing listens there
     with pytest.raises(FerError, match=rf"nothing answers at {address} \(Connection refused\)"):
         _check_reachable(address)
     with pytest.raises(FerError, match=r"nothing answers at ray://127\.0\.0\.1:"):

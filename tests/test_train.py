@@ -4,13 +4,12 @@ import json
 import math
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, tiny_config
+from conftest import run_cli, tiny_config, wait_until
 from fer_core.common import FerError
 from fer_core.data.augment import AugmentConfig, augment_batch, normalize
 from fer_core.data.sources import load
@@ -114,14 +113,6 @@ def test_weights_load_with_weights_only(synthetic):
     assert payload["run_id"] == s["run_id"]
 
 
-def _wait_for(pred, timeout=120):
-    t = time.time()
-    while not pred():
-        if time.time() - t > timeout:
-            raise TimeoutError
-        time.sleep(0.05)
-
-
 def _train_argv(out, epochs):
     return [
         "train",
@@ -165,7 +156,7 @@ def _start_training(out, epochs):
 def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "runs"
     proc = _start_training(out, 4)
-    _wait_for(lambda: any(out.glob("*/checkpoint.pt")))
+    wait_until(lambda: any(out.glob("*/checkpoint.pt")), "a checkpoint", timeout=120, poll=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run = Run(next(out.iterdir()))
@@ -190,7 +181,7 @@ def test_a_killed_run_shows_failed_and_resumes_to_the_same_result(tmp_path):
 def test_sigterm_cancels_and_records_it(tmp_path):
     out = tmp_path / "runs"
     proc = _start_training(out, 50)
-    _wait_for(lambda: any(out.glob("*/metrics.jsonl")))
+    wait_until(lambda: any(out.glob("*/metrics.jsonl")), "a metrics file", timeout=120, poll=0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 1
     s = Run(next(out.iterdir())).summary()

@@ -141,7 +141,7 @@ def write_y4m(path: Path, frame: np.ndarray, frames: int = 10) -> None:
             f.write(b"FRAME\n" + frame.tobytes() + chroma + chroma)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -150,7 +150,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def dashboard(tmp: Path, env: dict | None = None):
     """A fresh dashboard server on a free port: yields (url, pid) once it answers; stopped on exit."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FER_RUNS": str(tmp / "runs"), "FER_DATA": "synthetic", "OMP_NUM_THREADS": "1", **(env or {})}
     env["PYTHONPATH"] = str(PROJECT_DIR) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(tmp / "server.log", "wb")
