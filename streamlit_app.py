@@ -33,10 +33,13 @@ def status_ui(data: dict, device: dict) -> None:
                 f"public {sizes['public']:,} · private {sizes['private']:,}"
             )
     with right:
-        if device["device"] == "cuda":
-            st.success(f"Training device: **{device['name']}**")
+        if device["device"] in ("cuda", "mps"):
+            st.success(f"Training device: **{device['name']}** ({device['device']})")
         else:
-            st.info("Training device: **CPU only** (small models and short runs are fine)")
+            st.info(
+                f"Training device: **CPU only**, {device['threads']} threads (small models and short runs are fine; "
+                "a study resumes where it stopped)"
+            )
 
 
 def quick_demo_ui(data: dict) -> None:

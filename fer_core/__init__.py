@@ -24,7 +24,13 @@ instant and pulls in neither torch nor any UI library)::
     result = fl.predict("photo.jpg", [fl.load_model(run_id)])  # faces found, each model's probabilities
 """
 
-#: The Python API: name -> (module, attribute), imported on first use; this module imports nothing itself.
+# The one thing importing fer_core does: keep freed memory for reuse (see fer_core.common.memory), before torch
+# is imported, so the command line, the dashboard, every trainer and a notebook's fit() all train at full speed.
+from fer_core.common.memory import tune_allocator as _tune_allocator
+
+_tune_allocator()
+
+#: The Python API: name -> (module, attribute), imported on first use; nothing else is imported here.
 _API = {
     "__version__": ("fer_core.common", "VERSION"),
     "EMOTIONS": ("fer_core.common", "EMOTIONS"),

@@ -58,7 +58,9 @@ def options_ui(gpu: bool) -> RunConfig:
             c2.text_input("data", "", help="empty: $FER_DATA, data/, else synthetic; or a path").strip() or None
         )
         cfg.data.limit = int(c3.number_input("limit training images (0 = all)", 0, 10_000_000, 0)) or None
-        cfg.train.device = c4.selectbox("device", ["auto", "cpu", "cuda"])
+        cfg.train.device = c4.selectbox(
+            "device", ["auto", "cpu", "mps", "cuda"], help="auto = CUDA, else Apple's MPS, else the CPU"
+        )
     with st.expander("Distillation: learn from trained teachers", expanded=recipe == "distill"):
         trained = {m["run_id"]: m["label"] for m in available_models()}
         teachers = st.multiselect(
@@ -138,7 +140,9 @@ def jobs_ui() -> None:
 
 
 st.title("Train")
-gpu = device_status()["device"] == "cuda"
+found_device = device_status()
+gpu = found_device["device"] == "cuda"
+st.caption(f"Training device found: **{found_device['name']}** (`{found_device['device']}`)")
 try:
     families, budgets, widths, seeds = sizes_ui()
     base = options_ui(gpu)

@@ -16,6 +16,16 @@ def test_bench_writes_the_figures_it_promises(tmp_path):
         assert set(doc["face_latency_ms"][model]) == {"torch", "onnx-fp32", "onnx-fp16", "onnx-int8"}
         assert all(v > 0 for v in doc["face_latency_ms"][model].values())
     assert doc["live_fps"] > 0 and doc["live_faces_per_frame"] == 1 and doc["live_detect_ms_median"] > 0
+    training = doc["training_at_seed_size"]
+    assert training["memory_bandwidth_gbs"] > 0
+    assert set(training["families"]) >= {"mobilenet", "cnn", "mobilenetv2", "shufflenetv2"}
+    for row in training["families"].values():
+        assert row["train_img_per_s"] > 0 and row["train_img_per_s_default_allocator"] > 0
+        assert row["est_bytes_per_image"] > 0 and row["share_of_memory_limit"] > 0
+        assert row["page_faults_per_step"] >= 0 and row["page_faults_per_step_default_allocator"] >= 0
+    mobilenet = training["families"]["mobilenet"]
+    # the default allocator (own process) faults the seed MobileNet's activations in on every step; ours does not
+    assert mobilenet["page_faults_per_step_default_allocator"] > 10 * max(1.0, mobilenet["page_faults_per_step"])
     assert json.loads((tmp_path / "bench.json").read_text()) == doc
 
 

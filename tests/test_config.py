@@ -108,3 +108,28 @@ def test_a_bad_config_file_exits_2_naming_the_file_and_field(tmp_path):
     r = run_cli("train", "--model", "cnn", "--kd-alpha", "3", "--data", "synthetic")
     assert r.returncode == 2 and "distill.alpha = 3.0" in r.stderr
     assert r.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_auto_picks_cuda_then_apples_mps_then_the_cpu():
+    from fer_core.training.device import auto_device
+
+    assert auto_device(has_cuda=True, has_mps=True) == "cuda"
+    assert auto_device(has_cuda=True, has_mps=False) == "cuda"
+    assert auto_device(has_cuda=False, has_mps=True) == "mps"
+    assert auto_device(has_cuda=False, has_mps=False) == "cpu"
+
+
+def test_a_device_this_machine_lacks_is_refused_by_name():
+    import torch
+
+    from fer_core.training.device import mps_available, resolve_device
+
+    RunConfig.from_dict({"train": {"device": "mps"}}).validate()  # a valid name, whatever this machine has
+    if not mps_available():
+        with pytest.raises(FerError, match="mps was asked for"):
+            resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(FerError, match="cuda was asked for"):
+            resolve_device("cuda")
+    with pytest.raises(FerError, match="unknown device 'tpu'"):
+        resolve_device("tpu")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from fer_core.common import FerError
 from fer_core.data.sources import load, resolve_spec
+from fer_core.training.device import device_status
+
+__all__ = ["data_status", "device_status"]
 
 
 def data_status(spec: str | None = None) -> dict:
@@ -16,9 +17,3 @@ def data_status(spec: str | None = None) -> dict:
     except FerError as e:
         return {"ok": False, "error": str(e), "synthetic": None, "data": None}
     return {"ok": True, "spec": resolved, **d.describe()}
-
-
-def device_status() -> dict:
-    if torch.cuda.is_available():
-        return {"device": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-    return {"device": "cpu", "name": "CPU only", "count": 0, "threads": torch.get_num_threads()}

@@ -16,7 +16,8 @@ def cmd_status(args) -> int:
         print_json(out)
         return 0
     d = out["data"]
-    print(f"device: {out['device']['name']}")
+    dev = out["device"]
+    print(f"device: {dev['name']} ({dev['device']}; --device auto picks CUDA, then Apple's MPS, then the CPU)")
     if not d["ok"]:
         print(f"data: error: {d['error']}")
     else:

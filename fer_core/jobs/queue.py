@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_core.common import FerError
+from fer_core.common.memory import child_env
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.jobs.items import item_config
 from fer_core.jobs.ray_backend import check_cluster, run_ray_job
@@ -52,7 +53,7 @@ def command(argv: list[str]) -> list[str]:
 
 
 def _env() -> dict:
-    env = os.environ.copy()
+    env = os.environ.copy() | child_env()  # a trainer keeps freed memory from its first malloc on
     root = str(PROJECT_DIR)  # children find fer_core wherever they start
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from fer_core.common import FerError
+from fer_core.common.memory import child_env
 from fer_core.common.paths import PACKAGE_DIR
 from fer_core.data.sources import load
 from fer_core.jobs import ray_auth
@@ -79,7 +80,7 @@ def connect(address: str | None, num_cpus: int | None = None):
         with ray_auth.captured_stderr() if address else contextlib.nullcontext() as log:
             ray.init(
                 **kw,
-                runtime_env={"py_modules": [pkg], "env_vars": {"OMP_NUM_THREADS": "1"}},
+                runtime_env={"py_modules": [pkg], "env_vars": {"OMP_NUM_THREADS": "1", **child_env()}},
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

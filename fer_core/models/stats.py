@@ -49,6 +49,33 @@ def count_macs(model: nn.Module) -> int:
     return int(counter.get_total_flops() // 2)
 
 
+#: bytes a training step moves per byte of every layer's output: forward writes it and the next layer reads it;
+#: backward reads it (saved), reads its gradient and writes the input's gradient. An estimate for a memory-bound
+#: CPU step, not a measurement: in-place activations and fused kernels move less, BatchNorm's two passes more.
+TRAINING_TRAFFIC_FACTOR = 5
+
+
+def training_bytes_per_image(model: nn.Module) -> int:
+    """Estimated bytes of memory traffic per image of one fp32 training step: every leaf layer's output
+    (counted with forward hooks on a batch of two) times :data:`TRAINING_TRAFFIC_FACTOR`."""
+    m = copy.deepcopy(model).cpu().float().train()
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [mod for mod in m.modules() if not any(True for _ in mod.children())]
+    handles = [mod.register_forward_hook(hook) for mod in leaves]
+    try:
+        with torch.no_grad():
+            m(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total[0] / 2 * TRAINING_TRAFFIC_FACTOR)
+
+
 def cpu_latency_ms(model: nn.Module, repeats: int = 30, threads: int = 1) -> float:
     """Median milliseconds for one image at batch 1 on the CPU, with ``threads`` threads (1: comparable)."""
     m = copy.deepcopy(model).cpu().float().eval()

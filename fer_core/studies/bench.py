@@ -1,10 +1,11 @@
 """``python -m fer_core bench``: our training engine against a naive pipeline, and webcam-frame latency.
 
-Both training pipelines train the same model (``mobilenet`` width 1.0) on the same number of images, in
-one process, one after the other, and the ratio of their throughputs is reported. The naive pipeline is
-the ordinary way the seed was written: PIL images through per-image torchvision transforms in a
-``DataLoader``, fp32, NCHW. It is given its best of ``num_workers`` 0 and 2, so the ratio is not
-flattered by a poorly configured baseline.
+Both training pipelines train the same model (``mobilenet`` width 1.0) on the same number of images, one
+after the other, and the ratio of their throughputs is reported. The naive pipeline is what a user writes
+without us, in a process of its own with glibc's default allocator: PIL images through per-image torchvision
+transforms in a ``DataLoader``, fp32, NCHW, its best of ``num_workers`` 0 and 2, so the ratio is not
+flattered by a poorly configured baseline. Then every family is timed at the seed MobileNet's size, against
+this machine's measured memory-bandwidth limit (:mod:`fer_core.studies.train_bench`).
 
 The frame benchmark times :func:`fer_core.serving.inference.predict` on a 640x480 frame with one face, for the two
 width-1.0 models together (YuNet detection, the aligned crop, both models), with the models served by torch and
@@ -24,14 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from fer_core.data.synthetic import make_split
 from fer_core.jobs.queue import prepare_job, run_configs
 from fer_core.jobs.ray_backend import backend_spec, connect, run_ray_job
-from fer_core.models import count_params, create_model, list_models, solve_width
+from fer_core.models import count_params, create_model, list_models
 from fer_core.serving.detection import get_detector
 from fer_core.serving.inference import demo_frame, predict
 from fer_core.serving.live import LiveProcessor
@@ -41,94 +39,14 @@ from fer_core.store.files import atomic_write_json, read_json
 from fer_core.store.loading import LoadedModel
 from fer_core.store.runs import RESULTS_DIR
 from fer_core.studies.reference import SEED_MOBILENET_PARAMS
+from fer_core.studies.train_bench import (
+    engine_throughput,
+    family_training,
+    family_width,
+    in_own_process,
+    training_data,
+)
 from fer_core.training.config import RunConfig
-from fer_core.training.engine import GraphedStep, Step, make_optimizer
-from fer_core.training.evaluation import memory_format
-
-
-def _training_data(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return make_split(n, seed=123, split_index=0)
-
-
-def naive_throughput(
-    x: np.ndarray, y: np.ndarray, batch: int = 128, workers: int = 0, seed: int = 0, device: str = "cpu"
-) -> float:
-    """Images/second of the seed-style pipeline: per-image torchvision transforms in a DataLoader, fp32 NCHW."""
-    # torchvision is only this baseline's (importing it costs 1.6 s here: it loads torch._dynamo)
-    from torchvision import transforms as T
-
-    tf = T.Compose(
-        [
-            T.RandomHorizontalFlip(),
-            T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-            T.ToTensor(),
-            T.Normalize([0.5], [0.5]),
-        ]
-    )
-
-    class Faces(Dataset):
-        def __len__(self):
-            return len(y)
-
-        def __getitem__(self, i):
-            return tf(Image.fromarray(x[i])), int(y[i])
-
-    torch.manual_seed(seed)
-    model = create_model("mobilenet", 1.0).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(
-        Faces(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device != "cpu"
-    )
-    model.train()
-    n, t0 = 0, None
-    for i, (xb, yb) in enumerate(loader):
-        if i == 1:  # the first batch pays for worker start-up and allocation: not timed
-            _sync(device)
-            t0, n = time.perf_counter(), 0
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        n += len(yb)
-    _sync(device)
-    return n / (time.perf_counter() - t0)
-
-
-def _sync(device: str) -> None:
-    if device != "cpu":
-        torch.cuda.synchronize()
-
-
-def engine_throughput(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch: int = 128,
-    seed: int = 0,
-    device: str = "cpu",
-    graph: bool = True,
-    family: str = "mobilenet",
-    width: float = 1.0,
-) -> float:
-    """Images/second of our engine's training step (data as one tensor on the device, batched augmentation,
-    channels_last; on CUDA bf16 autocast and the step replayed as a CUDA graph)."""
-    dev = torch.device(device)
-    torch.manual_seed(seed)
-    model = create_model(family, width).to(dev).to(memory_format=memory_format(dev))
-    cfg = RunConfig()
-    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-    graphed = dev.type == "cuda" and graph
-    opt = make_optimizer(model, cfg, dev, graphed)
-    step = GraphedStep(model, opt, xt, yt, cfg, dev, batch) if graphed else Step(model, opt, xt, yt, cfg, dev)
-    model.train()
-    perm = torch.randperm(len(y), device=dev)
-    steps = len(y) // batch
-    step(perm[:batch])  # warm-up, like the naive pipeline's untimed first batch
-    t0 = time.perf_counter()
-    for i in range(1, steps):
-        step(perm[i * batch : (i + 1) * batch])
-    float(step.loss_sum)
-    return (steps - 1) * batch / (time.perf_counter() - t0)
 
 
 def width_one_models(runtime: str) -> list:
@@ -316,23 +234,20 @@ def face_latency(repeats: int = 300) -> dict:
     return out
 
 
-def family_speed(x: np.ndarray, y: np.ndarray, repeats: int = 300) -> dict:
+def family_latency(repeats: int = 300) -> dict:
     """Every registered family at the seed MobileNet's size (107,247 parameters; the MobileNet is the seed
-    network itself): one face's latency (batch 1, one thread) in torch and ONNX Runtime fp32, and CPU training
-    images/second of our engine (the machine's threads)."""
+    network itself): one face's latency (batch 1, one thread) in torch and ONNX Runtime fp32."""
     out = {}
     for f in list_models():
-        w = 1.0 if f == "mobilenet" else solve_width(f, SEED_MOBILENET_PARAMS)[0]
+        w = family_width(f)
         m = create_model(f, w).eval()
         old = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            row = {"width": w, "params": count_params(f, w), "torch_ms": latency_ms(m, repeats)}
-            row["onnx_fp32_ms"] = latency_ms(ort_session(to_onnx(m), threads=1), repeats)
+            out[f] = {"width": w, "params": count_params(f, w), "torch_ms": latency_ms(m, repeats)}
+            out[f]["onnx_fp32_ms"] = latency_ms(ort_session(to_onnx(m), threads=1), repeats)
         finally:
             torch.set_num_threads(old)
-        row["train_img_per_s"] = round(engine_throughput(x, y, family=f, width=w), 1)
-        out[f] = row
     return out
 
 
@@ -346,13 +261,14 @@ def run_bench(
 ) -> dict:
     """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it."""
     say = (lambda *a: None) if quiet else print
-    x, y = _training_data(images)
+    x, y = training_data(images)
     threads = torch.get_num_threads()
     say(f"training throughput on {device}, mobilenet w1.0, {images} images, batch 128, {threads} threads")
     naive = {}
     for workers in sorted({0, 2, min(8, os.cpu_count() or 1)}):
-        naive[workers] = naive_throughput(x, y, workers=workers, device=device)
-        say(f"  naive (per-image transforms, DataLoader num_workers={workers}): {naive[workers]:8.1f} img/s")
+        # a user's own script: its own process, glibc's default allocator (nothing fer_core sets reaches it)
+        naive[workers] = in_own_process("naive", images, workers=workers, device=device)["img_per_s"]
+        say(f"  naive (own process, default allocator, DataLoader num_workers={workers}): {naive[workers]:8.1f} img/s")
     ours = engine_throughput(x, y, device=device)
     best_naive = max(naive.values())
     eager = cnn = None
@@ -408,13 +324,16 @@ def run_bench(
     except Exception as e:
         faces = {"error": f"{type(e).__name__}: {e}"}
         say(f"one-face latency: not measured ({faces['error']})")
+    say(f"training, every family at ~{SEED_MOBILENET_PARAMS:,} parameters ({images} images, batch 128, {device}):")
+    training = family_training(images, device, say)
     try:
-        families = family_speed(x, y, face_repeats)
-        say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters (one face, batch 1, 1 thread; training img/s):")
+        families = family_latency(face_repeats)
+        say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters, one face (batch 1, 1 thread):")
         for f, r in families.items():
+            r["train_img_per_s"] = training["families"][f]["train_img_per_s"]
             say(
                 f"  {f:<13} w{r['width']:<6g} {r['params']:>8,} params: torch {r['torch_ms']:.3f} ms · ONNX "
-                f"{r['onnx_fp32_ms']:.3f} ms · training {r['train_img_per_s']:.1f} img/s"
+                f"{r['onnx_fp32_ms']:.3f} ms"
             )
     except Exception as e:  # noqa: BLE001 - no onnxruntime: keep the other numbers
         families = {"error": f"{type(e).__name__}: {e}"}
@@ -433,6 +352,7 @@ def run_bench(
         **live,
         "face_latency_ms": faces,
         "families_at_seed_size": families,
+        "training_at_seed_size": training,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

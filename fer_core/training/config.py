@@ -66,7 +66,7 @@ class TrainConfig:
     mix_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on (both on: half each)
     ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); 0 = off
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout: same seed, same run on the CPU
-    device: str = "auto"  # auto = CUDA when present, else CPU
+    device: str = "auto"  # auto = CUDA when present, else Apple's MPS, else the CPU
     eval_batch_size: int = 1024  # evaluation only: larger is faster and changes nothing
     cuda_graph: bool = True  # on CUDA, replay the whole training step as one CUDA graph (falls back to eager)
     checkpoint_every: int = 1  # epochs between resumable checkpoints (the last epoch is always saved)
@@ -154,7 +154,11 @@ class RunConfig:
         need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be at least 1")
         need(t.threads is None or t.threads >= 1, "train.threads", "must be at least 1 (or null)")
         dev = t.device
-        need(dev in ("auto", "cpu") or dev.startswith("cuda"), "train.device", "unknown device: use auto, cpu or cuda")
+        need(
+            dev in ("auto", "cpu", "mps") or dev.startswith("cuda"),
+            "train.device",
+            "unknown device: use auto, cpu, mps or cuda",
+        )
         need(k.temperature > 0, "distill.temperature", "must be positive")
         need(0 <= k.alpha <= 1, "distill.alpha", "must lie in [0, 1]")
         need(all(isinstance(r, str) and r.strip() for r in k.teachers), "distill.teachers", "needs run references")
@@ -240,6 +244,11 @@ class Recipe:
 #: Named, documented presets. ``seed`` is the report's protocol; the others change only what they list.
 RECIPES: dict[str, Recipe] = {
     "seed": Recipe("the seed report's protocol: Adam 1e-3, constant rate, plain cross-entropy", {}),
+    "seed-cosine": Recipe(
+        "the seed protocol with its rate annealed to zero (cosine): what a short CPU schedule needs, since the "
+        "constant rate gains until its last epochs",
+        {"train.schedule": "cosine"},
+    ),
     "better": Recipe(
         "AdamW with cosine decay after a short warm-up and label smoothing (the usual modern baseline)",
         {

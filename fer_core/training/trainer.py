@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fer_core.common import NUM_CLASSES, VERSION, DiskFull, FerError
+from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.data.dataset import SPLITS, FerData
 from fer_core.data.sources import load
 from fer_core.models import create_model, solve_width
@@ -33,6 +34,7 @@ from fer_core.store.files import atomic_torch_save, atomic_write_json, read_json
 from fer_core.store.loading import NotTrainedModel, load_torch_model
 from fer_core.store.runs import Run
 from fer_core.training.config import RunConfig
+from fer_core.training.device import device_name, resolve_device
 from fer_core.training.engine import (
     EMA,
     GraphedStep,
@@ -61,22 +63,6 @@ def install_cancel_handler() -> None:
         raise Cancelled()
 
     signal.signal(signal.SIGTERM, _handler)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FerError("--device cuda was asked for, but no CUDA GPU is available (use --device auto or cpu)")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise FerError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -242,6 +228,7 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         "limit": cfg.data.limit,
         "torch": torch.__version__,
         "fer_lab": VERSION,
+        "allocator": {k: v for k, v in tune_allocator().items() if k != "env"},
     }
     tr = _Trainer(cfg=cfg, run=run, data=data, device=device, model=model, base=base, t_start=t_start)
     for s in ("train", "public"):
@@ -329,11 +316,13 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
     cfg = tr.cfg
     lr = lr_at(cfg, epoch)
     set_lr(tr.opt, lr)
-    t0 = time.perf_counter()
+    t0, faults0 = time.perf_counter(), page_faults()
     loss, train_acc, n = train_one_epoch(
         tr.step, len(tr.x["train"][1]), tr.base["batch_size"], cfg.train.seed, epoch, tr.device
     )
     t_train = time.perf_counter() - t0
+    faults1 = page_faults()
+    faults = None if faults1 is None else (faults1 - faults0) / max(1, n // tr.base["batch_size"])
     tr.train_time += t_train
     tr.images += n
     ev = evaluate(tr.model, *tr.x["public"], cfg.train.eval_batch_size)
@@ -353,6 +342,7 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
         **({"public_acc_ema": ema_acc} if ema_acc is not None else {}),
         "lr": lr,
         "img_per_s": round(n / t_train, 1) if t_train > 0 else None,
+        "page_faults_per_step": None if faults is None else round(faults, 1),
         "epoch_s": round(epoch_s, 3),
         "elapsed_s": round(elapsed, 2),
         "eta_s": round(epoch_s * (cfg.train.epochs - epoch), 1),

@@ -1,0 +1,232 @@
+"""Training speed, measured against what limits it: ``bench``'s training half.
+
+- **The naive baseline** is what a user writes without us: a textbook loop over PIL images with per-image
+  torchvision transforms in a ``DataLoader``, fp32 NCHW, glibc's default allocator, in a process of its own
+  (so nothing this package sets up at import reaches it). It is given its best of ``num_workers`` 0 and 2.
+- **Our engine**, per family at the seed MobileNet's size: images/second, page faults per step (the
+  allocator's work), the same engine again in its own process with the default allocator (what keeping
+  freed memory adds), the memory bandwidth measured in the same run (a large copy), the network's estimated
+  bytes per image (:func:`fer_core.models.stats.training_bytes_per_image`) and the share of the resulting
+  limit (bandwidth / bytes per image) the engine reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from fer_core.common.memory import ENV as ALLOCATOR_ENV
+from fer_core.common.memory import page_faults
+from fer_core.common.paths import PROJECT_DIR
+from fer_core.data.synthetic import make_split
+from fer_core.models import count_params, create_model, list_models, solve_width
+from fer_core.models.stats import training_bytes_per_image
+from fer_core.training.config import RunConfig
+from fer_core.training.engine import GraphedStep, Step, make_optimizer
+from fer_core.training.evaluation import memory_format
+
+SEED_MOBILENET_PARAMS = 107_247  # the seed network's size: every family is timed at it
+
+
+def training_data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's images: synthetic faces, the same ones in every process (fixed seed)."""
+    return make_split(n, seed=123, split_index=0)
+
+
+def family_width(family: str) -> float:
+    return 1.0 if family == "mobilenet" else solve_width(family, SEED_MOBILENET_PARAMS)[0]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def naive_throughput(
+    x: np.ndarray, y: np.ndarray, batch: int = 128, workers: int = 0, seed: int = 0, device: str = "cpu"
+) -> float:
+    """Images/second of the seed-style pipeline: per-image torchvision transforms in a DataLoader, fp32 NCHW."""
+    # torchvision is only this baseline's (importing it costs 1.6 s here: it loads torch._dynamo)
+    from torchvision import transforms as T
+
+    tf = T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            T.ToTensor(),
+            T.Normalize([0.5], [0.5]),
+        ]
+    )
+
+    class Faces(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return tf(Image.fromarray(x[i])), int(y[i])
+
+    torch.manual_seed(seed)
+    model = create_model("mobilenet", 1.0).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(
+        Faces(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device != "cpu"
+    )
+    model.train()
+    n, t0 = 0, None
+    for i, (xb, yb) in enumerate(loader):
+        if i == 1:  # the first batch pays for worker start-up and allocation: not timed
+            _sync(device)
+            t0, n = time.perf_counter(), 0
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        n += len(yb)
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def engine_speed(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    graph: bool = True,
+    family: str = "mobilenet",
+    width: float = 1.0,
+) -> dict:
+    """Our engine's training step (data as one tensor on the device, batched augmentation, channels_last; on
+    CUDA bf16 autocast and the step replayed as a CUDA graph): images/second and page faults per step."""
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    model = create_model(family, width).to(dev).to(memory_format=memory_format(dev))
+    cfg = RunConfig()
+    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    graphed = dev.type == "cuda" and graph
+    opt = make_optimizer(model, cfg, dev, graphed)
+    step = GraphedStep(model, opt, xt, yt, cfg, dev, batch) if graphed else Step(model, opt, xt, yt, cfg, dev)
+    model.train()
+    perm = torch.randperm(len(y), device=dev)
+    steps = len(y) // batch
+    step(perm[:batch])  # warm-up, like the naive pipeline's untimed first batch
+    t0, f0 = time.perf_counter(), page_faults()
+    for i in range(1, steps):
+        step(perm[i * batch : (i + 1) * batch])
+    float(step.loss_sum)
+    dt, f1 = time.perf_counter() - t0, page_faults()
+    return {
+        "img_per_s": (steps - 1) * batch / dt,
+        "page_faults_per_step": None if f0 is None else (f1 - f0) / max(1, steps - 1),
+    }
+
+
+def engine_throughput(x: np.ndarray, y: np.ndarray, **kw) -> float:
+    """Images/second of :func:`engine_speed`."""
+    return engine_speed(x, y, **kw)["img_per_s"]
+
+
+def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 8) -> float:
+    """This machine's memory bandwidth now, in GB/s: a copy of a tensor far larger than the caches, with
+    torch's threads, counting the bytes read and written; the best of three."""
+    a = torch.ones(megabytes * 2**20 // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)  # fault both in before timing
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            b.copy_(a)
+        best = max(best, 2 * a.numel() * 4 * repeats / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# --------------------------------------------------------------------------------------------------- own process
+
+
+def _default_allocator_env() -> dict:
+    """This process's environment without any allocator setting: what a user's own script starts with."""
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    env["FER_MALLOC"] = "default"
+    root = str(PROJECT_DIR)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def in_own_process(what: str, images: int, **kw) -> dict:
+    """Run ``naive`` or ``engine`` on the benchmark images in a fresh Python with the default allocator."""
+    spec = json.dumps({"what": what, "images": images, "kw": kw})
+    code = "import sys; from fer_core.studies.train_bench import _child; _child(sys.argv[1])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, spec], capture_output=True, text=True, env=_default_allocator_env(), timeout=3600
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} in its own process failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocess above
+    s = json.loads(spec)
+    x, y = training_data(s["images"])
+    if s["what"] == "naive":
+        doc = {"img_per_s": naive_throughput(x, y, **s["kw"])}
+    else:
+        doc = engine_speed(x, y, **s["kw"])
+    print(json.dumps(doc))
+
+
+# --------------------------------------------------------------------------------------------------- the table
+
+
+def family_training(images: int, device: str = "cpu", say=lambda *a: None) -> dict:
+    """Every registered family at the seed MobileNet's size: our engine's img/s and page faults per step
+    (here, allocator kept), the same in a process with the default allocator, and the share of this
+    machine's memory-bandwidth limit reached (bandwidth measured in this run)."""
+    x, y = training_data(images)
+    bandwidth = memory_bandwidth_gbs()
+    say(f"memory bandwidth (copy, {torch.get_num_threads()} threads): {bandwidth:.1f} GB/s")
+    rows = {}
+    for f in list_models():
+        w = family_width(f)
+        ours = engine_speed(x, y, device=device, family=f, width=w)
+        plain = in_own_process("engine", images, device=device, family=f, width=w) if device == "cpu" else None
+        per_image = training_bytes_per_image(create_model(f, w))
+        limit = bandwidth * 1e9 / per_image
+        rows[f] = {
+            "width": w,
+            "params": count_params(f, w),
+            "train_img_per_s": round(ours["img_per_s"], 1),
+            "page_faults_per_step": _round(ours["page_faults_per_step"]),
+            "train_img_per_s_default_allocator": round(plain["img_per_s"], 1) if plain else None,
+            "page_faults_per_step_default_allocator": _round(plain["page_faults_per_step"]) if plain else None,
+            "est_bytes_per_image": per_image,
+            "memory_limit_img_per_s": round(limit, 1),
+            "share_of_memory_limit": round(ours["img_per_s"] / limit, 3),
+        }
+        r = rows[f]
+        say(
+            f"  {f:<13} w{w:<6g} {r['params']:>8,} params: {r['train_img_per_s']:8.1f} img/s, "
+            f"{r['page_faults_per_step']} faults/step"
+            + (
+                f" (default allocator: {r['train_img_per_s_default_allocator']:.1f} img/s, "
+                f"{r['page_faults_per_step_default_allocator']} faults/step)"
+                if plain
+                else ""
+            )
+            + f"; ~{per_image / 1e6:.1f} MB/image -> limit {limit:.0f} img/s, {r['share_of_memory_limit']:.0%} of it"
+        )
+    return {"memory_bandwidth_gbs": round(bandwidth, 2), "families": rows}
+
+
+def _round(v):
+    return None if v is None else round(v, 1)
