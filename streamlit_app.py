@@ -8,7 +8,7 @@ from fer_core.analysis.planning import quick_demo
 from fer_core.analysis.status import data_status, device_status
 from fer_core.common import FerError
 from fer_core.jobs.queue import active_jobs, submit
-from pages import lock_screen, unlocked
+from pages import lock_screen, store_notes_ui, unlocked
 
 
 @st.cache_data(ttl=60, show_spinner="Looking for FER2013…")
@@ -66,10 +66,12 @@ def home() -> None:
     st.title("FER Lab")
     st.markdown(
         "**How small can a facial-expression model get before it stops working, and which architecture wins "
-        "at each size?** FER Lab trains a MobileNet-style family (depthwise-separable convolutions) and a "
-        "standard CNN family at many widths on FER2013 (48×48 gray faces, 7 expressions), and plots accuracy "
-        "against parameters, bytes, MACs and latency."
+        "at each size?** FER Lab trains four families of CNNs at many widths on FER2013 (48×48 gray faces, 7 "
+        "expressions) — the seed report's MobileNet-style (depthwise-separable) and standard CNN families, and "
+        "MobileNetV2-style (inverted residuals) and ShuffleNetV2-style (channel split and shuffle) ones — and plots "
+        "accuracy against parameters, bytes, MACs and latency."
     )
+    store_notes_ui()
     data, device = _data_status(), device_status()
     status_ui(data, device)
 

@@ -8,8 +8,10 @@ from fer_core.analysis.status import data_status, device_status
 from fer_core.common import FerError
 from fer_core.jobs.queue import cancel_job, cancel_run, job_runs, list_jobs, submit
 from fer_core.jobs.ray_backend import backend_spec
-from fer_core.models import family_about, list_models
+from fer_core.models import budget_note, family_about, list_models
 from fer_core.serving.models import available_models
+from fer_core.store.runs import study_dirs
+from fer_core.studies.families import progress
 from fer_core.training.config import RECIPES, RunConfig, apply_recipe
 from pages import guard
 
@@ -87,8 +89,12 @@ def plan_table(items: list[dict]) -> pd.DataFrame:
                 "params": c["params"],
                 "bytes fp16": c["bytes_fp16"],
                 "MACs": c["macs"],
+                "off budget": f"{c['params'] / it['budget'] - 1:+.1%}" if it["budget"] else "",
             }
         )
+        note = budget_note(it["family"], it["budget"]) if it["budget"] else None
+        if note:
+            st.warning(note)
     return pd.DataFrame(rows)
 
 
@@ -106,6 +112,29 @@ def where_ui() -> dict | None:
         cpus = c3.number_input("CPUs per training", 0.25, 64.0, 1.0, 0.25)
         retries = int(c4.number_input("retries if a worker dies", 0, 10, 1))
         return backend_spec(None if address in ("", "local") else address, gpu, cpus, retries)
+
+
+@st.fragment(run_every=10)
+def studies_ui() -> None:
+    """Each study folder's progress (done / training / resumable / waiting, time left), as `study --status`."""
+    for folder in study_dirs():
+        try:
+            doc = progress(folder)
+        except FerError as e:
+            st.error(str(e))
+            continue
+        left = doc["estimate_left_s"] / 3600
+        st.subheader(f"Study `{folder.name}`: {doc['done']}/{doc['total']} runs done, about {left:.1f} h left here")
+        cols = ["run", "params", "phase", "state", "epochs_done", "epochs", "estimate_left_s", "private_acc", "run_id"]
+        st.dataframe(pd.DataFrame(doc["runs"])[cols], hide_index=True)
+        st.caption(
+            f"Protocol {doc['protocol']['recipe']} × {doc['protocol']['epochs']} epochs. It resumes where it stopped: "
+            f"`python -m fer_core study families --out {folder} --hours H`."
+            + (f" Time left unknown for {doc['unknown_estimates']} runs (no epoch measured here yet)."
+               if doc["unknown_estimates"] else "")
+        )  # fmt: skip
+        for note in doc["notes"]:
+            st.caption(f"note: {note}")
 
 
 @st.fragment(run_every=2)
@@ -170,3 +199,4 @@ if st.button("Start", type="primary"):
 
 st.subheader("Jobs")
 jobs_ui()
+studies_ui()

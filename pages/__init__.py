@@ -3,6 +3,7 @@
 import streamlit as st
 
 from fer_core.access.lock import PASSWORD_ENV, configured_password, password_lock
+from fer_core.store.runs import store_notes
 
 _UNLOCKED = "_fer_lab_unlocked"  # the session's proof of the password: a fingerprint, never the password
 
@@ -14,6 +15,13 @@ def guard() -> None:
     if not unlocked():
         lock_screen()
         st.stop()
+    store_notes_ui()
+
+
+def store_notes_ui() -> None:
+    """The results store's duplicate and damaged run folders, one warning each, naming the file (every page)."""
+    for note in store_notes():
+        st.warning(note, icon="⚠️")
 
 
 def _secrets():

@@ -21,6 +21,7 @@ def isolated_store(tmp_path, monkeypatch):
     shipped reference runs stay out of the listings (tests of them name their folder)."""
     monkeypatch.setenv("FER_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FER_REFERENCE", str(tmp_path / "no-reference"))
+    monkeypatch.setenv("FER_STUDIES", str(tmp_path / "no-studies"))
     monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
     yield tmp_path
 

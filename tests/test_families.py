@@ -1,5 +1,6 @@
 """More contenders: MobileNetV2- and ShuffleNetV2-style families, and any family added as one file."""
 
+import json
 import math
 
 import numpy as np
@@ -8,8 +9,17 @@ import torch
 from torch import nn
 
 import fer_core.models as registry
-from conftest import tiny_config
-from fer_core.models import count_params, create_model, family_about, list_models, register_family, solve_width
+from conftest import run_cli, tiny_config
+from fer_core.models import (
+    _three_digit_widths,
+    budget_note,
+    count_params,
+    create_model,
+    family_about,
+    list_models,
+    register_family,
+    solve_width,
+)
 from fer_core.models.stats import model_stats
 
 NEW = ("mobilenetv2", "shufflenetv2")
@@ -74,6 +84,30 @@ def test_the_solver_reaches_every_budget_from_2e4_to_3e6_within_5_percent(family
         w, p = solve_width(family, float(budget))
         assert abs(p / budget - 1) <= 0.05, (family, budget, w, p)
         assert count_params(family, w) == p
+
+
+@pytest.mark.parametrize("family", ["mobilenet", "cnn", "mobilenetv2", "shufflenetv2"])
+def test_a_budget_rounding_cannot_reach_is_named_with_the_nearest_network(family):
+    """On a 10% grid of budgets (53 per family, 3e4 among them): within 5%, or a note naming the nearest network,
+    and then truly no 3-significant-digit width near it comes within 5%."""
+    budgets = [3e4] + [2e4 * 1.1**i for i in range(53)]
+    for budget in budgets:
+        w, p = solve_width(family, budget)
+        note = budget_note(family, budget)
+        if abs(p / budget - 1) <= 0.05:
+            assert note is None
+            continue
+        assert note and f"width {w:g} with {p:,}" in note and f"{p / budget - 1:+.1%}" in note, note
+        near = {count_params(family, x) for x in _three_digit_widths(w / 1.25, w * 1.25, points=600)}
+        assert not any(abs(q / budget - 1) <= 0.05 for q in near), (family, budget, sorted(near))
+
+
+def test_describe_names_an_unreachable_budget():
+    out = run_cli("describe", "mobilenetv2", "--budget", "3e4", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["params"] == 28_431 and doc["budget_error"] == -0.0523
+    assert "no network within 5% of 30,000 parameters" in doc["note"] and "note: mobilenetv2" in out.stderr
 
 
 @pytest.mark.parametrize("family", NEW)

@@ -13,8 +13,18 @@ from fer_core.serving.inference import demo_frame
 
 
 def _json_commands() -> set[str]:
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return {name for name, p in sub.choices.items() if any("--json" in a.option_strings for a in p._actions)}
+    """Every command (``study beyond``: a command with subcommands counts each) that takes --json."""
+
+    def walk(parser, prefix: str):
+        subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not subs:
+            if any("--json" in a.option_strings for a in parser._actions):
+                yield prefix
+            return
+        for name, p in subs[0].choices.items():
+            yield from walk(p, f"{prefix} {name}".strip())
+
+    return set(walk(build_parser(), ""))
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,13 @@ def store(tmp_path_factory):
     return {"env": env, "run": run_id, "photo": str(photo), "root": root}
 
 
+def _tiny_study(folder):
+    folder.mkdir(exist_ok=True)
+    plan = {"protocol": {"epochs": 1}, "runs": [{"family": "cnn", "width": 0.1, "seed": 0}]}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return folder
+
+
 #: Each command that takes --json, with arguments that make it quick on synthetic data.
 CASES = {
     "models": lambda s: [],
@@ -43,7 +60,8 @@ CASES = {
     "train": lambda s: ["--model", "cnn", "--width", "0.1", "--data", "synthetic:140", "--epochs", "1", "--quiet"],
     "sweep": lambda s: ["--budgets", "2e4,5e4", "--data", "synthetic", "--dry-run"],
     "reference": lambda s: ["--dry-run"],
-    "study": lambda s: ["beyond", "--dry-run", "--out", str(s["root"] / "beyond")],
+    "study beyond": lambda s: ["--dry-run", "--out", str(s["root"] / "beyond")],
+    "study families": lambda s: ["--out", str(_tiny_study(s["root"] / "families")), "--status"],
     # int8 calibration is where ONNX Runtime prints its progress to stdout
     "export-onnx": lambda s: [
         s["run"],
@@ -72,7 +90,7 @@ def test_every_json_command_is_covered():
 
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_json_stdout_is_one_document(store, command):
-    r = run_cli(command, *CASES[command](store), "--json", env=store["env"], timeout=600)
+    r = run_cli(*command.split(), *CASES[command](store), "--json", env=store["env"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     json.loads(r.stdout)  # the whole of stdout, nothing before or after the document
 

@@ -46,9 +46,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+#: commands that read the results store: each says its duplicate and damaged run folders on stderr
+STORE_COMMANDS = {"runs", "compare", "figures", "eval", "predict", "export", "export-onnx", "study", "jobs"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    if args.command in STORE_COMMANDS:
+        store = importlib.import_module("fer_core.store.runs")  # it loads pandas: only for the commands that use it
+        for note in store.store_notes():
+            print(f"note: {note}", file=sys.stderr)
     try:
         with json_stdout(getattr(args, "json", False)):
             return args.func(args)

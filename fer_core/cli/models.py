@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from fer_core.cli.common import number, print_json
-from fer_core.models import PRESETS, count_params, create_model, family_about, list_models, solve_width
+from fer_core.models import PRESETS, budget_note, count_params, create_model, family_about, list_models, solve_width
 from fer_core.models.stats import model_stats
 
 
@@ -50,7 +52,12 @@ def _width_from(args) -> tuple[float, float | None]:
 def cmd_describe(args) -> int:
     width, budget = _width_from(args)
     model = create_model(args.model, width)
+    note = budget_note(args.model, budget) if budget else None
     out = {"family": args.model, "width": width, "budget": budget, **model_stats(model), "architecture": str(model)}
+    out["budget_error"] = round(out["params"] / budget - 1, 4) if budget else None
+    out["note"] = note
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print_json(out)
         return 0
@@ -70,7 +77,7 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("describe", help="params, state values, bytes, MACs and the architecture of a model")
-    s.add_argument("model", help="mobilenet | cnn")
+    s.add_argument("model", help="a family: see `python -m fer_core models`")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--width", type=number, default=1.0, help="width multiplier (default: 1.0)")
     g.add_argument("--budget", type=number, default=None, help="parameter budget, e.g. 1e5 (solved to a width)")

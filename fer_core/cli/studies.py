@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
+from fer_core.common import FerError
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import ray_overhead, run_bench
 from fer_core.studies.beyond import run_beyond
+from fer_core.studies.families import DEFAULT_DIR, progress, run_study
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
 from fer_core.training.config import add_arguments, apply_arguments
@@ -55,6 +57,44 @@ def cmd_study(args) -> int:
         backend=backend_from(args),
     )
     return _study_done(record, args)
+
+
+def cmd_families(args) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise FerError(f"--threads {args.threads}: at least 1")
+    if args.hours is not None and not args.hours > 0:
+        raise FerError(f"--hours {args.hours}: a positive number of hours")
+    if args.status:
+        doc = progress(Path(args.out))
+    else:
+        doc = run_study(Path(args.out), args.hours, args.data, args.device, args.threads, args.dry_run)
+    if args.json:
+        print_json(doc)
+        return 0
+    print(progress_text(doc))
+    return 0
+
+
+def progress_text(doc: dict) -> str:
+    """A study's progress as the terminal shows it (``--status``)."""
+    lines = [f"{doc['folder']}: {doc['done']}/{doc['total']} runs done, protocol {doc['protocol']['recipe']} "
+             f"x {doc['protocol']['epochs']} epochs"]  # fmt: skip
+    for r in doc["runs"]:
+        acc = f"{r['private_acc']:.4f}" if isinstance(r["private_acc"], float) else ""
+        left = "" if r["estimate_left_s"] is None else f"{r['estimate_left_s'] / 60:.0f} min left"
+        lines.append(
+            f"  {r['run']:<24} {r['params']:>9,} {r['phase']:<9} {r['state']:<10} "
+            f"{r['epochs_done']:>3}/{r['epochs']:<3} {acc:>7} {left}"
+        )
+    for c in doc["check"]:
+        if "mean" in c and "reference_mean" in c:
+            sd = f" ± {c['sd']:.4f}" if c.get("sd") else ""
+            lines.append(
+                f"  check {c['family']} w{c['width']:g}: {c['mean']:.4f}{sd} ({c['runs']}/{c['planned']} seeds) vs "
+                f"95-epoch reference {c['reference_mean']:.4f} ± {c['reference_sd']:.4f}: {c['verdict']}"
+            )
+    lines += [f"  note: {n}" for n in doc["notes"]]
+    return "\n".join(lines)
 
 
 def cmd_bench(args) -> int:
@@ -117,8 +157,22 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_reference)
 
-    s = sub.add_parser("study", help="a prepared study in one command (beyond: teacher, students, reference gaps)")
-    s.add_argument("name", choices=["beyond"], help="beyond: see `python -m fer_core study beyond --help`")
+    study = sub.add_parser("study", help="a prepared study in one command: beyond (GPU), families (resumable)")
+    studies = study.add_subparsers(dest="name", required=True)
+    s = studies.add_parser(
+        "families",
+        help="the four families at 2e4-1e5 parameters on a checked short protocol: resumes anywhere (--hours H)",
+    )
+    s.add_argument("--out", default=str(DEFAULT_DIR), help="the study folder, plan.json in it (default: %(default)s)")
+    s.add_argument("--hours", type=float, default=None, help="time budget: stop after the epoch that reaches it")
+    s.add_argument("--data", default=None, help="FER2013 (default: $FER_DATA, data/, else synthetic)")
+    s.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, mps, cuda")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan with estimates only")
+    s.add_argument("--status", action="store_true", help="the study's progress (no training, no measuring)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_families)
+    s = studies.add_parser("beyond", help="teacher, distilled students and the reference gaps in one GPU call")
     s.add_argument("--fit-in", type=float, default=None, metavar="SECONDS", help="scale the epochs to fit (e.g. 540)")
     s.add_argument("--teacher-epochs", type=int, default=300, help="the teacher's epochs before scaling (default: 300)")
     s.add_argument("--student-epochs", type=int, default=200, help="students' epochs before scaling (default: 200)")

@@ -50,6 +50,7 @@ def register_family(name: str, build: Callable[..., nn.Module], about: str) -> F
     family = Family(name, build, about)
     _REGISTRY[name] = family
     count_params.cache_clear()
+    _solve.cache_clear()
     return family
 
 
@@ -88,24 +89,61 @@ def count_params(name: str, width: float, num_classes: int = NUM_CLASSES) -> int
 def solve_width(name: str, budget: float, num_classes: int = NUM_CLASSES) -> tuple[float, int]:
     """The width whose parameter count is closest to ``budget`` (relative error), and that count.
 
-    Channel counts are rounded, so many widths give the same network: the smallest such width is returned,
-    rounded to 3 significant digits (it rebuilds the same network).
+    Channel counts are rounded, so many widths give the same network: the first such width found is returned,
+    rounded to 3 significant digits (it rebuilds the same network). A 1% grid of widths first, then every
+    3-significant-digit width next to the best grid point. Where rounding leaves no network within
+    :data:`BUDGET_TOLERANCE` of the budget, :func:`budget_note` says which point is nearest.
     """
     if not (budget > 0 and math.isfinite(budget)):
         raise FerError(f"budget must be a positive number of parameters, got {budget!r}")
+    return _solve(name, float(budget), num_classes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _solve(name: str, budget: float, num_classes: int) -> tuple[float, int]:
     lo, hi = WIDTH_RANGE
     steps = int(math.log(hi / lo) / math.log(1.01)) + 1
     best: tuple[float, float, int] | None = None
-    for i in range(steps):
-        w = float(f"{lo * 1.01**i:.3g}")
+
+    def offer(w: float) -> None:
+        nonlocal best
         p = count_params(name, w, num_classes)
         err = abs(math.log(p / budget))
-        if best is None or err < best[0] - 1e-12:
+        if best is None or err < best[0] - 1e-12:  # strictly closer: the 1% grid's pick stays on a tie
             best = (err, w, p)
-        if p > budget * 1.5:
+
+    for i in range(steps):
+        w = float(f"{lo * 1.01**i:.3g}")
+        offer(w)
+        if count_params(name, w, num_classes) > budget * 1.5:
             break
     assert best is not None
+    centre = best[1]
+    for w in _three_digit_widths(centre / 1.012, centre * 1.012):  # the widths the 1% grid stepped over
+        offer(w)
     return best[1], best[2]
+
+
+#: how far a solved width's parameter count may be from its budget before the solver says so
+BUDGET_TOLERANCE = 0.05
+
+
+def _three_digit_widths(a: float, b: float, points: int = 200) -> list[float]:
+    """The distinct 3-significant-digit widths in [a, b] (inside the width range)."""
+    a, b = max(a, WIDTH_RANGE[0]), min(b, WIDTH_RANGE[1])
+    return sorted({float(f"{a + (b - a) * i / points:.3g}") for i in range(points + 1)})
+
+
+def budget_note(name: str, budget: float, num_classes: int = NUM_CLASSES) -> str | None:
+    """None when ``solve_width`` lands within 5% of ``budget``; else one line naming the nearest network
+    above and below (channel counts are rounded, so some budgets lie between two networks)."""
+    w, p = solve_width(name, budget, num_classes)
+    if abs(p / budget - 1) <= BUDGET_TOLERANCE:
+        return None
+    return (
+        f"{name} has no network within {BUDGET_TOLERANCE:.0%} of {budget:,.0f} parameters (its channel counts "
+        f"are rounded): the nearest is width {w:g} with {p:,} ({p / budget - 1:+.1%})"
+    )
 
 
 def _discover() -> None:

@@ -44,11 +44,18 @@ def reference_dir() -> Path:
     return Path(os.environ.get("FER_REFERENCE") or REFERENCE_DIR)
 
 
+def study_dirs() -> list[Path]:
+    """The shipped studies' run folders: every folder of ``$FER_STUDIES`` (else ``results/``) with a plan.json."""
+    root = Path(os.environ.get("FER_STUDIES") or RESULTS_DIR)
+    return sorted(p.parent for p in root.glob("*/plan.json")) if root.is_dir() else []
+
+
 def search_dirs() -> list[Path]:
-    """Where runs are listed from: the user's runs first, then the shipped reference runs."""
+    """Where runs are listed from: the user's runs first, then the shipped reference runs and studies."""
     dirs = [runs_dir()]
-    if reference_dir().resolve() != dirs[0].resolve():
-        dirs.append(reference_dir())
+    for d in [reference_dir(), *study_dirs()]:
+        if all(d.resolve() != o.resolve() for o in dirs):
+            dirs.append(d)
     return dirs
 
 
@@ -133,8 +140,12 @@ class Run:
         return spec if synthetic or (spec and Path(spec).exists()) else None
 
     def summary(self) -> dict:
-        """The summary as stored, with a dead 'running' process reported as failed."""
-        s = read_json(self.summary_file) or {"run_id": self.run_id, "status": "failed", "error": "no summary.json"}
+        """The summary as stored, with a dead 'running' process reported as failed, and a damaged or missing
+        summary.json said as such (``damaged`` names the file)."""
+        s = read_json(self.summary_file)
+        if not isinstance(s, dict):
+            what = "damaged (not a JSON object)" if self.summary_file.is_file() else "missing"
+            return {"run_id": self.run_id, "status": "failed", "error": f"summary.json is {what}", "damaged": True}
         if s.get("status") == "running" and not self._alive(s):
             s["status"] = "failed"
             s["error"] = s.get("error") or "the training process died (killed or crashed) before finishing"
@@ -146,7 +157,11 @@ class Run:
             return False
         if host == socket.gethostname():
             return pid_alive(int(pid))
-        return time.time() - float(s.get("heartbeat", 0)) < 6 * 3600  # another machine: trust a fresh heartbeat
+        # another machine (a cluster node, or a clone this folder was copied from): alive while its heartbeat,
+        # written every epoch, is younger than three of its epochs (and at least 10 minutes)
+        done = max(1, int(s.get("epochs_done") or 0))
+        epoch_s = float(s.get("wall_s") or 0) / done
+        return time.time() - float(s.get("heartbeat", 0)) < max(600.0, 3 * epoch_s)
 
     def update_summary(self, **fields) -> dict:
         s = read_json(self.summary_file) or {}
@@ -200,16 +215,45 @@ def iter_runs(dirs: list[Path] | None = None):
                 yield Run(p)
 
 
-def list_summaries(dirs: list[Path] | None = None) -> list[dict]:
-    """Every run's summary, each with ``source`` = "user" or "reference" and its folder."""
-    out = []
+_RANK = {"completed": 0, "running": 1, "cancelled": 2, "failed": 3}
+
+
+def scan(dirs: list[Path] | None = None) -> tuple[list[dict], list[str]]:
+    """Every run's summary, one per run id, and a one-line note for each duplicate or damaged run folder.
+
+    A run id found in two folders (a shipped run copied into the user's runs, a study folder copied between
+    clones) is listed once: its completed copy, else the first in search order; the note names the other.
+    Each summary carries ``source`` ("user", "reference" or "study") and its folder.
+    """
     ref = reference_dir().resolve()
+    studies = {d.resolve() for d in study_dirs()}
+    by_id: dict[str, dict] = {}
+    notes = []
     for run in iter_runs(dirs):
         s = run.summary()
-        s["source"] = "reference" if run.path.parent.resolve() == ref else "user"
+        parent = run.path.parent.resolve()
+        s["source"] = "reference" if parent == ref else "study" if parent in studies else "user"
         s["path"] = str(run.path)
-        out.append(s)
-    return out
+        if s.get("damaged"):
+            notes.append(f"{run.summary_file}: {s['error']}; the run is listed as failed")
+        old = by_id.get(run.run_id)
+        if old is None:
+            by_id[run.run_id] = s
+            continue
+        keep, drop = (s, old) if _RANK.get(s.get("status"), 9) < _RANK.get(old.get("status"), 9) else (old, s)
+        by_id[run.run_id] = keep
+        notes.append(f"run {run.run_id} is in two places: listed from {keep['path']}, not from {drop['path']}")
+    return list(by_id.values()), notes
+
+
+def list_summaries(dirs: list[Path] | None = None) -> list[dict]:
+    """Every run's summary, one per run id (see :func:`scan`), each with ``source`` and its folder."""
+    return scan(dirs)[0]
+
+
+def store_notes(dirs: list[Path] | None = None) -> list[str]:
+    """The duplicate and damaged run folders of the store, one line each (empty when all is well)."""
+    return scan(dirs)[1]
 
 
 TABLE_COLUMNS = [
@@ -241,6 +285,7 @@ def table(dirs: list[Path] | None = None):
     ``format`` is "torch" for a trained run and "onnx-fp32"/"onnx-fp16"/"onnx-int8" for a derived variant;
     ``bytes`` is the size on disk of what would be deployed: the ONNX file of a variant, the fp16 state dict
     (``torch.save``) of a trained run."""
+    summaries, notes = scan(dirs)
     rows = [
         {
             **{k: v for k, v in s.items() if not isinstance(v, (dict, list))},
@@ -248,13 +293,15 @@ def table(dirs: list[Path] | None = None):
             "format": s.get("format") or "torch",
             "bytes": s.get("bytes") or s.get("bytes_fp16"),
         }
-        for s in list_summaries(dirs)
+        for s in summaries
     ]
     df = pd.DataFrame(rows)
     for c in TABLE_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    return df[TABLE_COLUMNS + [c for c in df.columns if c not in TABLE_COLUMNS]]
+    df = df[TABLE_COLUMNS + [c for c in df.columns if c not in TABLE_COLUMNS]]
+    df.attrs["notes"] = notes  # the duplicate and damaged folders, for the pages and commands to say
+    return df
 
 
 def lineage_text(s: dict) -> str:

@@ -461,7 +461,7 @@ def fit(
             _one_epoch(tr, epoch, emit)
         summary = _finish(tr, epoch)  # writes the weights: a full disk there is handled like one mid-run
     except (Cancelled, KeyboardInterrupt) as e:
-        error = "cancelled by the user" if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
+        error = (str(e) or "cancelled by the user") if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
         # a signal between an epoch's metrics row and its summary update must not lose that epoch
         done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
         summary = run.update_summary(status="cancelled", error=error, ended=time.time(), epochs_done=done)

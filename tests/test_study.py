@@ -1,0 +1,145 @@
+"""The resumable study: a plan with estimates, a budget, a kill in its second run, an edited plan, a bad plan."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli, wait_until
+from fer_core.store.runs import Run
+
+PLAN = {
+    "protocol": {"recipe": "seed-cosine", "epochs": 12, "data_limit": 400},
+    "runs": [
+        {"family": "cnn", "width": 0.05, "seed": 0, "phase": "check"},
+        {"family": "cnn", "width": 0.08, "seed": 0},
+        {"family": "mobilenet", "width": 0.2, "seed": 1},
+    ],
+}
+
+
+def _write_plan(folder, plan=PLAN):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(json.dumps(plan))
+
+
+def _runs(folder) -> dict:
+    """(family, width) -> the run folder."""
+    out = {}
+    for p in folder.iterdir():
+        if (p / "config.json").is_file():
+            cfg = json.loads((p / "config.json").read_text())
+            out[(cfg["model"]["family"], cfg["model"]["width"])] = Run(p)
+    return out
+
+
+def _study(folder, *extra):
+    return run_cli("study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1", *extra)
+
+
+def test_killed_in_its_second_run_the_study_resumes_it_keeps_the_first_and_trains_nothing_twice(tmp_path):
+    folder = tmp_path / "study"
+    _write_plan(folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "fer_core", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+
+        def second_run_has_two_epochs():
+            run = _runs(folder).get(("cnn", 0.08))
+            return run is not None and run.checkpoint_file.is_file() and len(run.metrics()) >= 2
+
+        wait_until(second_run_has_two_epochs, "the second run's second epoch", timeout=300, poll=0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first, second = _runs(folder)[("cnn", 0.05)], _runs(folder)[("cnn", 0.08)]
+    first_summary = first.summary()
+    assert first_summary["status"] == "completed"
+    before = second.metrics()
+    ck_epoch = len(before)  # checkpoint_every=1: every finished epoch is checkpointed
+    assert 2 <= ck_epoch < 12 and second.summary()["status"] == "failed"  # its dead pid says so
+
+    out = _study(folder)
+    assert out.returncode == 0, out.stderr
+    assert "estimate" in out.stderr and "fits" in out.stderr  # the plan with estimates, before training
+    runs = _runs(folder)
+    assert len(runs) == 3 and len([p for p in folder.iterdir() if p.is_dir()]) == 3  # none duplicated
+    assert runs[("cnn", 0.05)].summary()["ended"] == first_summary["ended"]  # kept, not trained again
+    after = runs[("cnn", 0.08)].metrics()
+    assert f"resuming from epoch {ck_epoch}" in out.stderr
+    assert [r["epoch"] for r in after] == list(range(1, 13))
+    assert after[0] == before[0]  # the epochs before the kill are the same rows: continued, not restarted
+    assert all(r.summary()["status"] == "completed" for r in runs.values())
+
+    status = run_cli("study", "families", "--out", str(folder), "--status", "--json")
+    doc = json.loads(status.stdout)
+    assert doc["done"] == doc["total"] == 3 and doc["estimate_left_s"] == 0
+
+
+def test_a_budget_stops_after_an_epoch_and_the_next_start_continues(tmp_path):
+    folder = tmp_path / "study"
+    plan = {**PLAN, "protocol": {**PLAN["protocol"], "epochs": 60}, "runs": PLAN["runs"][:1]}
+    _write_plan(folder, plan)
+    out = _study(folder, "--hours", "0.001")  # 3.6 s of training: at least one epoch, far from 60
+    assert out.returncode == 0, out.stderr
+    (run,) = _runs(folder).values()
+    s = run.summary()
+    assert s["status"] == "cancelled" and "time budget" in s["error"] and run.checkpoint_file.is_file()
+    stopped_at = len(run.metrics())
+    assert 1 <= stopped_at < 60
+    out = _study(folder)
+    assert out.returncode == 0, out.stderr
+    assert f"resuming from epoch {stopped_at}" in out.stderr
+    assert run.summary()["status"] == "completed" and [r["epoch"] for r in run.metrics()] == list(range(1, 61))
+
+
+def test_an_edited_plan_keeps_every_run_and_says_so(tmp_path):
+    folder = tmp_path / "study"
+    _write_plan(folder, {**PLAN, "runs": PLAN["runs"][:1]})
+    assert _study(folder).returncode == 0
+    _write_plan(folder, {**PLAN, "runs": [PLAN["runs"][1]]})  # the first run taken out, another put in
+    out = _study(folder, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "plan.json changed since the last start" in out.stderr
+    assert "is not in the plan (kept, not trained)" in out.stderr
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 1  # the dry run trained nothing, removed nothing
+
+
+def test_a_bad_plan_is_one_line_naming_the_row_and_field(tmp_path):
+    folder = tmp_path / "study"
+    _write_plan(folder, {**PLAN, "runs": [PLAN["runs"][0], {"family": "resnet", "width": 1.0, "seed": 0}]})
+    out = _study(folder, "--dry-run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{folder / 'plan.json'}: runs[1].family = 'resnet'" in out.stderr
+    (folder / "plan.json").write_text("{not json")
+    out = _study(folder, "--dry-run")
+    assert out.returncode == 2 and "not a readable JSON plan" in out.stderr
+
+
+def test_the_default_plan_takes_the_reference_runs_and_trains_the_newer_families_first():
+    from fer_core.studies.families import default_plan
+
+    plan = default_plan()
+    assert plan["protocol"]["epochs"] == 95 and plan["protocol"]["recipe"] == "seed"
+    runs = plan["runs"]
+    assert runs[0]["phase"] == "check" and runs[0]["epochs"] == 40 and runs[0]["family"] == "cnn"
+    first = [r for r in runs if r["phase"] == "families"][:4]
+    assert {r["family"] for r in first} == {"mobilenet", "cnn", "mobilenetv2", "shufflenetv2"}
+    assert {(r["family"], r["width"]) for r in first} >= {("mobilenet", 1.0), ("cnn", 0.136)}
+
+
+def test_runs_the_reference_holds_on_the_same_protocol_count_as_done(tmp_path, monkeypatch):
+    from fer_core.studies.families import match_runs, read_plan
+
+    monkeypatch.setenv("FER_REFERENCE", str(ROOT / "results" / "reference"))
+    folder = tmp_path / "study"
+    protocol, items = read_plan(folder)  # writes the default plan
+    found, _ = match_runs(folder, protocol, items)
+    taken = {(k[0], k[1], k[2]) for k in found}
+    assert {("mobilenet", 1.0, 0), ("mobilenet", 1.0, 1), ("cnn", 0.136, 2), ("cnn", 0.0574, 0)} <= taken
+    assert not any(k[0] in ("mobilenetv2", "shufflenetv2") for k in found)
+    assert all(r.summary()["status"] == "completed" for r in found.values())
