@@ -347,7 +347,9 @@ def _config(it: Item, protocol: dict, data: str | None, device: str, threads: in
     cfg.model.family, cfg.model.width = it.family, it.width
     cfg.train.seed, cfg.train.epochs, cfg.train.device, cfg.train.threads = it.seed, it.epochs, device, threads
     cfg.train.checkpoint_every = 1
-    cfg.data.data, cfg.data.limit = data, protocol.get("data_limit")
+    # where the data lies is this machine's business (the study passes it in); data_fingerprint names it
+    cfg.data.data = data if data and (data == "synthetic" or data.startswith("synthetic:")) else None
+    cfg.data.limit = protocol.get("data_limit")
     return cfg.validate()
 
 
