@@ -6,6 +6,7 @@ from fer_core.analysis.compare import (
     X_AXES,
     Y_AXES,
     card_text,
+    family_table,
     matched_budget_gap,
     runs_frame,
     two_run_card,
@@ -77,6 +78,23 @@ def scatter_ui():
 
 scatter_ui()
 shown = keep(df)
+
+st.subheader("Which family wins at each size")
+wins = family_table(shown[shown["status"] == "completed"], y=y if y in shown else "public_acc")
+if wins.empty:
+    st.caption("Needs completed runs within 15% of 2×10⁴, 5×10⁴, 10⁵ or 3×10⁵ parameters.")
+else:
+    st.dataframe(
+        wins.astype({"sd": float, "margin": float}).style.format(
+            {"budget": "{:,.0f}", "params": "{:,}", "mean": "{:.4f}", "sd": "{:.4f}", "margin": "{:+.4f}"},
+            na_rep="-",
+        ),
+        hide_index=True,
+    )
+    st.caption(
+        "Plain runs within 15% of each budget, per data source and recipe; mean and sd over seeds; rank 1 is the "
+        "best mean, and its margin is over the second. `python -m fer_core compare` prints the same table."
+    )
 
 st.subheader("Matched-budget gap: one family minus another at equal parameters")
 families = list_models()

@@ -123,3 +123,31 @@ def test_gap_leaves_onnx_variants_out():
     with_variant = matched_budget_gap(_df([{**r, "format": "torch"} for r in RUNS] + [variant]))
     assert with_variant["gap_mean"].tolist() == pytest.approx(plain["gap_mean"].tolist())
     assert with_variant["seeds"].tolist() == plain["seeds"].tolist() == [2]
+
+
+def test_the_family_table_ranks_families_at_each_budget_with_mean_and_sd_over_seeds():
+    import pandas as pd
+
+    from fer_core.analysis.compare import family_table, pairwise_gaps
+
+    def run(family, params, seed, acc, recipe="seed"):
+        return {"run_id": f"{family}-{params}-{seed}", "family": family, "width": params / 1e5, "params": params,
+                "seed": seed, "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": recipe,
+                "format": "torch", "teacher": None, "init_run": None}  # fmt: skip
+
+    df = pd.DataFrame(
+        [run("a", 100_000, s, acc) for s, acc in enumerate([0.60, 0.62, 0.64])]
+        + [run("b", 104_000, s, acc) for s, acc in enumerate([0.66, 0.66])]
+        + [run("a", 20_000, 0, 0.50), run("b", 30_000, 0, 0.70)]  # b's 30k is outside 2e4's 15% band
+        + [run("a", 100_000, 9, 0.99, recipe="better")]  # another recipe: its own table
+    )
+    t = family_table(df)
+    at = t[(t["budget"] == 1e5) & (t["recipe"] == "seed")].set_index("family")
+    assert at.loc["b", "rank"] == 1 and at.loc["a", "rank"] == 2
+    assert abs(at.loc["a", "mean"] - 0.62) < 1e-9 and abs(at.loc["a", "sd"] - 0.02) < 1e-9 and at.loc["a", "runs"] == 3
+    assert abs(at.loc["b", "margin"] - 0.04) < 1e-9 and pd.isna(at.loc["a", "margin"])
+    small = t[(t["budget"] == 2e4) & (t["recipe"] == "seed")]
+    assert list(small["family"]) == ["a"] and pd.isna(small["margin"].iloc[0])  # alone: no margin to claim
+    assert t[t["recipe"] == "better"]["mean"].tolist() == [0.99]
+    gaps = pairwise_gaps(df[df["recipe"] == "seed"])
+    assert set(zip(gaps["a"], gaps["b"])) == {("a", "b")}

@@ -101,6 +101,71 @@ def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobil
     return out[keys + [c for c in out.columns if c not in keys]]
 
 
+#: the budgets the family table answers at (the study's), and how far a run's parameters may lie from one
+FAMILY_BUDGETS = (2e4, 5e4, 1e5, 3e5)
+BUDGET_BAND = 0.15
+
+
+def family_table(df: pd.DataFrame, y: str = "private_acc", budgets=FAMILY_BUDGETS) -> pd.DataFrame:
+    """Which family wins at each size: per budget, every family's plain runs within 15% of it (one data source
+    and recipe at a time, as the gap), their mean and sample sd over seeds, the winner and its margin.
+
+    Returns one row per (data, recipe, budget, family) with ``mean``, ``sd``, ``runs``, ``params`` (the median)
+    and ``rank`` (1 = best mean at that budget).
+    """
+    cols = ["data", "recipe", "budget", "family", "params", "mean", "sd", "runs", "rank", "margin"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df[df["status"] == "completed"].dropna(subset=[y, "params"]).copy()
+    d["recipe"] = d["recipe"].fillna("seed") if "recipe" in d else "seed"
+    if "lineage_kind" not in d:
+        d["lineage_kind"] = [lineage_kind(r) for _, r in d.iterrows()]
+    d = d[(d["lineage_kind"] == "plain") & (d["format"].fillna("torch") == "torch" if "format" in d else True)]
+    rows = []
+    for (data, recipe), g in d.groupby(["data", "recipe"]):
+        for b in budgets:
+            near = g[(g["params"] / b - 1).abs() <= BUDGET_BAND]
+            for family, f in near.groupby("family"):
+                accs = f[y].astype(float)
+                rows.append(
+                    {
+                        "data": data,
+                        "recipe": recipe,
+                        "budget": b,
+                        "family": family,
+                        "params": int(f["params"].median()),
+                        "mean": float(accs.mean()),
+                        "sd": float(accs.std(ddof=1)) if len(accs) > 1 else None,
+                        "runs": int(len(accs)),
+                    }
+                )
+    out = pd.DataFrame(rows, columns=cols[:-2])
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    out["rank"] = out.groupby(["data", "recipe", "budget"])["mean"].rank(ascending=False, method="min").astype(int)
+    best2 = out.groupby(["data", "recipe", "budget"])["mean"].transform(lambda m: m.nlargest(2).iloc[-1])
+    contenders = out.groupby(["data", "recipe", "budget"])["family"].transform("count")
+    out["margin"] = np.where((out["rank"] == 1) & (contenders > 1), out["mean"] - best2, np.nan)
+    return out.sort_values(["data", "recipe", "budget", "rank"]).reset_index(drop=True)
+
+
+def pairwise_gaps(df: pd.DataFrame, y: str = "private_acc", families: list[str] | None = None) -> pd.DataFrame:
+    """:func:`matched_budget_gap` for every pair of families present (A minus B, A before B in name order)."""
+    present = sorted(set(df["family"])) if not df.empty else []
+    fams = [f for f in (families or present) if f in present]
+    parts = []
+    for i, a in enumerate(fams):
+        for b in fams[i + 1 :]:
+            g = matched_budget_gap(df, y=y, a=a, b=b)
+            if not g.empty:
+                g = g.rename(columns={f"{a}_acc": "a_acc", f"{b}_acc_interp": "b_acc_interp"})
+                parts.append(g.assign(a=a, b=b))
+    if not parts:
+        return pd.DataFrame(columns=["a", "b", "data", "recipe", "params", "a_acc", "b_acc_interp", "gap_mean"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["a", "b"] + [c for c in out.columns if c not in ("a", "b")]]
+
+
 def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
     """The gap on one data source.
 

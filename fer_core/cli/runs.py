@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import torch
 
-from fer_core.analysis.compare import matched_budget_gap, pareto_frontier, runs_frame, variants_table
+from fer_core.analysis.compare import (
+    family_table,
+    matched_budget_gap,
+    pairwise_gaps,
+    pareto_frontier,
+    runs_frame,
+    variants_table,
+)
 from fer_core.analysis.figures import report_figures
 from fer_core.cli.common import print_json
 from fer_core.common import FerError
@@ -51,6 +59,8 @@ def cmd_compare(args) -> int:
         "matched_budget_gap": gap.to_dict("records") if gap is not None else [],
         "pareto_frontier": fronts,
         "variants": variants_table(done).to_dict("records") if not done.empty else [],
+        "families_at_budgets": _records(family_table(done, y=args.y)) if not done.empty else [],
+        "pairwise_gaps": _records(pairwise_gaps(done, y=args.y)) if not done.empty else [],
     }
     if args.json:
         print_json(out)
@@ -59,6 +69,17 @@ def cmd_compare(args) -> int:
     if gap is not None and not gap.empty:
         print(f"\nmatched-budget gap ({a} minus {b} at equal parameters):")
         print(gap.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if out["families_at_budgets"]:
+        print(
+            f"\nwhich family wins at each size (plain runs within 15% of the budget; {args.y}, mean ± sd over seeds):"
+        )
+        for r in out["families_at_budgets"]:
+            sd = f" ± {r['sd']:.4f}" if r["sd"] is not None else ""
+            win = f"  wins by {r['margin']:.4f}" if r["margin"] is not None else ""
+            print(
+                f"  {r['data']}/{r['recipe']:<8} {r['budget']:>9,.0f}  #{r['rank']} {r['family']:<13} "
+                f"{r['params']:>9,} params  {r['mean']:.4f}{sd} ({r['runs']} runs){win}"
+            )
     if out["variants"]:
         print("\ndeployable variants (deltas against the same network in fp32; speed-up against its torch model):")
         for v in out["variants"]:
@@ -71,6 +92,14 @@ def cmd_compare(args) -> int:
         for r in rows:
             print(f"  {r['run_id']:<44} {r[args.x]:>12,.0f} {r[args.y]:.4f}")
     return 0
+
+
+def _records(df) -> list[dict]:
+    """A DataFrame as JSON-ready rows (NaN as None)."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in df.to_dict("records")
+    ]
 
 
 def cmd_figures(args) -> int:
