@@ -103,6 +103,7 @@ def read_plan(folder: Path) -> tuple[dict, list[Item]]:
     """``plan.json`` checked field by field (errors name the row and field); written from the default if absent."""
     path = Path(folder) / "plan.json"
     if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, default_plan())
     try:
         doc = json.loads(path.read_text())
@@ -436,7 +437,11 @@ def run_study(
         start = f"resuming from epoch {done}" if done else "starting"
         say(f"{it.label()}: {start} ({run.run_id if run else 'new run'})")
         on_event = _epoch_events(it.label(), deadline, say)
-        summary = fit(cfg, on_event=on_event, run=run, data=fer, resume=run is not None, root=folder)
+        try:
+            summary = fit(cfg, on_event=on_event, run=run, data=fer, resume=run is not None, root=folder)
+        except FerError as e:  # a full disk: the run is kept at its last checkpoint
+            again = f"python -m fer_core study families --out {folder}"
+            raise FerError(f"{e}; or start the study again once there is space: {again}") from None
         if summary.get("status") == "cancelled":
             say(f"{it.label()}: {summary.get('error')}")
             break
