@@ -112,7 +112,7 @@ def test_report_figures_are_written_as_png(tmp_path):
     df = _df(RUNS)
     df["bytes_fp16"] = df["params"] * 2
     paths = report_figures(df, tmp_path, data="fer2013")
-    assert [p.name for p in paths] == ["accuracy_vs_params.png", "accuracy_vs_bytes.png"]
+    assert [p.name for p in paths] == ["accuracy_vs_params.png", "accuracy_vs_bytes.png", "families_at_budgets.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
 
 
@@ -151,3 +151,23 @@ def test_the_family_table_ranks_families_at_each_budget_with_mean_and_sd_over_se
     assert t[t["recipe"] == "better"]["mean"].tolist() == [0.99]
     gaps = pairwise_gaps(df[df["recipe"] == "seed"])
     assert set(zip(gaps["a"], gaps["b"])) == {("a", "b")}
+
+
+def test_the_family_figure_draws_each_family_with_error_bars_over_seeds():
+    import pandas as pd
+
+    from fer_core.analysis.figures import family_figure
+
+    table = pd.DataFrame(
+        [
+            {"family": "mobilenet", "budget": 1e5, "params": 107_247, "mean": 0.62, "sd": 0.004, "runs": 3},
+            {"family": "mobilenet", "budget": 2e4, "params": 20_067, "mean": 0.57, "sd": None, "runs": 1},
+            {"family": "cnn", "budget": 1e5, "params": 104_171, "mean": 0.61, "sd": 0.011, "runs": 3},
+        ]
+    )
+    fig = family_figure(table)
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"mobilenet", "cnn"}
+    assert list(traces["mobilenet"].x) == [20_067, 107_247]  # along the size axis
+    assert list(traces["mobilenet"].error_y.array) == [0.0, 0.004]  # one seed: no bar
+    assert fig.layout.xaxis.type == "log"

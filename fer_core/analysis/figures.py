@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_core.analysis.compare import BYTE_LIMITS, X_AXES, Y_AXES, pareto_frontier
+from fer_core.analysis.compare import BYTE_LIMITS, X_AXES, Y_AXES, family_table, pareto_frontier
 from fer_core.common import EMOTIONS, FerError
 from fer_core.models import list_models
 
@@ -229,9 +229,46 @@ def export_png(fig, path, width: int = 1000, height: int = 560) -> None:
         ) from None
 
 
+def family_figure(table: pd.DataFrame, y: str = "private_acc", title: str = ""):
+    """Which family wins at each size: each family's mean accuracy at each budget it has runs near, with the
+    sample sd over seeds as error bars (none for one seed), on a log parameter axis."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for family, g in table.groupby("family") if not table.empty else []:
+        g = g.sort_values("params")
+        sd = g["sd"].astype(float).fillna(0.0)
+        fig.add_trace(
+            go.Scatter(
+                x=g["params"],
+                y=g["mean"],
+                mode="lines+markers",
+                name=family,
+                marker={"color": family_color(family), "size": 10},
+                line={"color": family_color(family)},
+                error_y={"type": "data", "array": sd, "visible": True},
+                hovertext=[
+                    f"{family} · {int(r['params']):,} params · {r['mean']:.4f}"
+                    + (f" ± {r['sd']:.4f}" if pd.notna(r["sd"]) else "")
+                    + f" · {r['runs']} runs"
+                    for _, r in g.iterrows()
+                ],
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis={"title": X_AXES["params"], "type": "log"},
+        yaxis={"title": Y_AXES[y]},
+        template="plotly_white",
+        legend={"title": "family"},
+    )
+    return fig
+
+
 def report_figures(df: pd.DataFrame, out_dir, data: str = "fer2013", y: str = "private_acc") -> list:
-    """The report's two scatters as PNG files: accuracy against parameters, and against bytes on disk (trained
-    runs at their fp16 state dict's size, ONNX variants at their file's)."""
+    """The report's figures as PNG files: accuracy against parameters, and against bytes on disk (trained
+    runs at their fp16 state dict's size, ONNX variants at their file's), and which family wins at each size."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = df[(df["data"] == data) & (df["status"] == "completed")]
@@ -242,4 +279,9 @@ def report_figures(df: pd.DataFrame, out_dir, data: str = "fer2013", y: str = "p
         fig = scatter(d, x, y, title=f"{Y_AXES[y]} against {X_AXES[x]} · {data} · {len(d)} runs")
         export_png(fig, out / name)
         written.append(out / name)
+    table = family_table(d[d["recipe"].fillna("seed") == "seed"], y=y) if not d.empty else family_table(d)
+    name = "families_at_budgets.png"
+    title = f"which family wins at each size · {Y_AXES[y]}, mean ± sd over seeds · seed protocol · {data}"
+    export_png(family_figure(table, y, title), out / name)
+    written.append(out / name)
     return written
