@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -31,12 +32,25 @@ def no_fer_data(monkeypatch):
     monkeypatch.delenv("FER_DATA", raising=False)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m fer_core ARGS`` in a subprocess, as a user would run it."""
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 300, file_size_limit: int | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m fer_core ARGS`` in a subprocess, as a user would run it; ``file_size_limit`` (bytes) makes
+    every larger write fail as a full disk would (RLIMIT_FSIZE)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run(
-        [sys.executable, "-m", "fer_core", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", "fer_core", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=ROOT,
+        preexec_fn=limit if file_size_limit else None,
     )
 
 

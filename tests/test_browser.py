@@ -28,7 +28,11 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 def streamlit_server(tmp: Path, reference: Path | None = None, extra_env: dict | None = None):
     """A fresh `streamlit run streamlit_app.py` on a free port (the benchmark's own launcher); yields its URL
     once it accepts connections. Its log is tmp/server.log."""
-    env = {"FER_CACHE": str(tmp / "cache"), "FER_REFERENCE": str(reference or tmp / "no-reference")}
+    env = {
+        "FER_CACHE": str(tmp / "cache"),
+        "FER_REFERENCE": str(reference or tmp / "no-reference"),
+        "FER_STUDIES": str(tmp / "no-studies"),  # the shipped studies stay out, as the reference runs do
+    }
     with dashboard(tmp, {**env, **(extra_env or {})}) as (url, _pid):
         yield url
 

@@ -4,7 +4,6 @@ training process killed by the system. Each is produced for real (a file-size li
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -30,16 +29,7 @@ def test_a_full_disk_fails_the_run_naming_the_file_and_leaves_it_resumable(monke
 
     limit = 64 * 1024  # the summary and metrics fit; a checkpoint of this CNN (~1 MB) does not
     args = ["train", "--model", "cnn", "--width", "0.1", "--data", "synthetic", "--limit", "256", "--epochs", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cut = subprocess.run(
-        [sys.executable, "-m", "fer_core", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
-    )
+    cut = run_cli(*args, file_size_limit=limit)
     assert cut.returncode != 0
     last = cut.stderr.strip().splitlines()[-1]
     assert last.startswith("error: disk full writing ") and "checkpoint.pt (a file-size limit)" in last, cut.stderr

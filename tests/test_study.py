@@ -146,21 +146,11 @@ def test_runs_the_reference_holds_on_the_same_protocol_count_as_done(tmp_path, m
 
 
 def test_a_full_disk_stops_the_study_naming_the_file_and_the_next_start_finishes(tmp_path):
-    import resource
-
     folder = tmp_path / "study"
     _write_plan(folder, {**PLAN, "protocol": {**PLAN["protocol"], "epochs": 2}, "runs": PLAN["runs"][1:2]})
     limit = 64 * 1024  # plan, summary and metrics fit; this CNN's checkpoint does not
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    args = ["study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1"]
-    cut = subprocess.run(
-        [sys.executable, "-m", "fer_core", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    cut = run_cli(
+        "study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1", file_size_limit=limit
     )
     assert cut.returncode == 2 and "Traceback" not in cut.stderr
     last = cut.stderr.strip().splitlines()[-1]
