@@ -159,3 +159,16 @@ def test_a_full_disk_stops_the_study_naming_the_file_and_the_next_start_finishes
     assert out.returncode == 0, out.stderr
     (run,) = _runs(folder).values()  # the same folder: nothing duplicated
     assert run.summary()["status"] == "completed" and [r["epoch"] for r in run.metrics()] == [1, 2]
+
+
+def test_the_shipped_study_folder_holds_no_machine_state():
+    """What a clone resumes from: every run's config names no data path, no summary a pid or host, and the plan
+    reads back."""
+    from fer_core.studies.families import DEFAULT_DIR, read_plan
+
+    read_plan(DEFAULT_DIR)
+    for run in [p for p in DEFAULT_DIR.iterdir() if (p / "config.json").is_file()]:
+        assert json.loads((run / "config.json").read_text())["data"]["data"] is None, run.name
+        s = json.loads((run / "summary.json").read_text())
+        assert "pid" not in s and "host" not in s, run.name
+        assert s["status"] in ("completed", "cancelled"), (run.name, s["status"])
