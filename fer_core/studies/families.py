@@ -398,7 +398,7 @@ def run_study(
     secs = epoch_seconds(items, found, protocol, n_train, len(fer.split("public")[1]), device)
     say(f"study {folder}: {len(items)} runs, {protocol['recipe']} x {protocol['epochs']} epochs, data {fer.name}")
     say(f"device: {device_name(resolve_device(device))}; budget: {f'{hours:g} h' if hours else 'none'}")
-    budget_left, fits = (hours * 3600 if hours else None), []
+    budget_left = hours * 3600 if hours else None
     say(f"{'#':>2} {'run':<24} {'params':>9} {'phase':<9} {'state':<10} {'epochs':>7} {'estimate':>9}  fits")
     for i, it in enumerate(items, 1):
         run = found.get(it.key(protocol))
@@ -408,7 +408,6 @@ def run_study(
         fit_here = state == "done" or budget_left is None or est <= budget_left
         if budget_left is not None and state != "done":
             budget_left -= est
-        fits.append(fit_here)
         mark = "done" if state == "done" else ("yes" if fit_here else "no")
         say(
             f"{i:>2} {it.label():<24} {it.params:>9,} {it.phase:<9} {state:<10} {done:>3}/{it.epochs:<3} "
@@ -439,8 +438,10 @@ def run_study(
         on_event = _epoch_events(it.label(), deadline, say)
         try:
             summary = fit(cfg, on_event=on_event, run=run, data=fer, resume=run is not None, root=folder)
-        except FerError as e:  # a full disk: the run is kept at its last checkpoint
-            again = f"python -m fer_core study families --out {folder}"
+        except FerError as e:
+            if not str(e).startswith("disk full"):
+                raise
+            again = f"python -m fer_core study families --out {folder}"  # the run is kept at its last checkpoint
             raise FerError(f"{e}; or start the study again once there is space: {again}") from None
         if summary.get("status") == "cancelled":
             say(f"{it.label()}: {summary.get('error')}")
