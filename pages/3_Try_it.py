@@ -1,7 +1,5 @@
 """Try it: a webcam snapshot, an uploaded photo or live video, every selected model side by side for each face."""
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import streamlit as st
@@ -14,6 +12,7 @@ from fer_core.serving.inference import CROPS, load_image, predict
 from fer_core.serving.live import LiveProcessor, ice_servers
 from fer_core.serving.models import available_models, default_models, load_model
 from pages import guard
+from pages.browser_live import browser_live, weights_stamp
 
 guard()  # inside the app's navigation, and behind the lock when the dashboard is shared
 st.title("Try it")
@@ -39,16 +38,17 @@ def models_ui():
         help="★ = shipped reference runs · onnx-fp16/onnx-int8 = deployable variants of a run · the last part "
         "says what runs the model (onnxruntime, else torch)",
     )
-    loaded = []
+    loaded, paths = [], []
     for p in picked:
         try:
-            stamp = max((f.stat().st_mtime for f in Path(p).glob("*") if f.suffix in (".pt", ".onnx")), default=0)
-            loaded.append(_model(p, stamp))
+            loaded.append(_model(p, weights_stamp(p)))
+            paths.append(p)
         except FerError as e:
             st.error(str(e))
     for lm in loaded:
         if lm.runtime_note:
             st.caption(f"`{lm.name}` runs on torch: {lm.runtime_note}")
+    st.session_state["picked_models"] = [(p, lm.name) for p, lm in zip(paths, loaded)]
     return loaded
 
 
@@ -87,7 +87,65 @@ def image_ui(models, settings):
     return None, None
 
 
+LIVE_MODES = {
+    "browser": "in your browser (no frame leaves this device)",
+    "server": "on this server (WebRTC: frames travel to the server and back)",
+}
+
+
 def live_ui(models, settings) -> None:
+    """Live video, computed in the browser (the default) or on the server."""
+    mode = st.radio(
+        "Live video runs", list(LIVE_MODES), format_func=LIVE_MODES.get, horizontal=True, key="live_mode",
+        help="in your browser: the camera, the face detector and the models run on your device with ONNX Runtime "
+        "Web, and only timings come back; on this server: today's WebRTC path (needs streamlit-webrtc)",
+    )  # fmt: skip
+    if mode == "browser":
+        browser_ui(settings)
+    else:
+        server_live_ui(models, settings)
+
+
+FALLBACKS = {"insecure", "refused", "no-camera", "camera-error", "no-wasm", "model-failed", "engine-error", "error"}
+
+
+def browser_ui(settings) -> None:
+    on = st.toggle("Live video", key="browser_on", help="opens your camera in this page; nothing is sent")
+    smoothing = st.slider(
+        "label smoothing", 0.0, 0.95, 0.6, 0.05, key="browser_smoothing",
+        help="weight of the past in each face's moving average (0 = off)",
+    )  # fmt: skip
+    if settings["detector"] != "yunet":
+        st.caption("In the browser faces are found with YuNet (the Haar cascade runs on the server only).")
+    picked = st.session_state.get("picked_models", [])
+    if not picked:
+        st.info("Pick at least one model above.")
+        return
+
+    @st.fragment
+    def panel():
+        stats = browser_live(picked, settings, smoothing, on)
+        if not on or not stats:
+            return
+        if stats["state"] in FALLBACKS:
+            st.warning(f"{stats['message'] or 'The in-browser mode cannot run here.'} The server path still works:")
+            if st.button("Use the server path instead"):
+                st.session_state["live_mode"] = "server"
+                st.rerun(scope="app")
+        for f in stats["failed"]:
+            st.error(f"`{f['name']}` does not load in this browser: {f['error']}")
+        if stats["state"] == "streaming":
+            per = " · ".join(f"`{m}` {ms:.2f} ms" for m, ms in stats["model_ms"].items())
+            st.markdown(
+                f"**in your browser: frames {int(stats['frames'] or 0)}** · faces: {int(stats['faces'] or 0)} · "
+                f"{stats['fps'] or 0:.1f} fps · detect {stats['detect_ms'] or 0:.1f} ms  \n"
+                f"per face: {per}  \nmeasured on {stats['device']}"
+            )
+
+    panel()
+
+
+def server_live_ui(models, settings) -> None:
     """The browser's camera streams to the server; every frame comes back with each face labelled by every model."""
     try:
         import av
@@ -100,7 +158,7 @@ def live_ui(models, settings) -> None:
     except FerError as e:
         st.error(str(e))
         return
-    on = st.toggle("Live video", help="streams your camera to this server and back; nothing is stored")
+    on = st.toggle("Live video", key="server_on", help="streams your camera to this server and back; nothing is stored")
     smoothing = st.slider(
         "label smoothing", 0.0, 0.95, 0.6, 0.05, help="weight of the past in each face's moving average (0 = off)"
     )

@@ -11,6 +11,7 @@ from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import ray_overhead, run_bench
 from fer_core.studies.beyond import run_beyond
 from fer_core.studies.families import DEFAULT_DIR, progress, run_study
+from fer_core.studies.live_bench import live_modes_bench
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
 from fer_core.training.config import add_arguments, apply_arguments
@@ -119,6 +120,11 @@ def cmd_bench(args) -> int:
         if args.json:
             print_json(doc)
         return 0
+    if args.live_modes:
+        doc = live_modes_bench(args.seconds, args.out, args.json)
+        if args.json:
+            print_json(doc)
+        return 0
     if args.ray:
         doc = ray_overhead(out_dir=args.out, quiet=args.json)
         if args.json:
@@ -217,6 +223,12 @@ def register(sub) -> None:
         action="store_true",
         help="instead: the dashboard in a real browser: live video on/off --cycles times, then --sessions at once",
     )
+    s.add_argument(
+        "--live-modes",
+        action="store_true",
+        help="instead: live video in the browser against on the server, side by side (fps, server CPU)",
+    )
+    s.add_argument("--seconds", type=float, default=20, help="--live-modes: seconds measured per mode (default: 20)")
     s.add_argument("--cycles", type=int, default=20, help="--serve: live video starts and stops (default: 20)")
     s.add_argument("--sessions", default=None, help="--serve: browser sessions at once, e.g. 1,4,8 (the default)")
     s.add_argument("--json", action="store_true")

@@ -52,43 +52,102 @@ def load_template(path: str | Path = TEMPLATE_FILE) -> dict:
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2x3 similarity transform (rotation, uniform scale, shift) taking ``src`` points closest to ``dst`` in
-    least squares (Umeyama's closed form, no reflection)."""
+    least squares, without reflection (Umeyama's solution, in its closed form for the plane:
+    ``s·cos = Σ a·b / Σ|a|²``, ``s·sin = Σ a×b / Σ|a|²`` on the centred points). Written as plain sums so the
+    browser's copy of this path (``pages/browser_live/pipeline.js``) computes the same numbers."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     ms, md = src.mean(0), dst.mean(0)
     a, b = src - ms, dst - md
-    var = (a**2).sum() / len(src)
-    if var < 1e-9:
+    var = float((a**2).sum())
+    if var / len(src) < 1e-9:
         raise FerError("face landmarks coincide: cannot align")
-    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
-    r = u @ d @ vt
-    scale = (sig * np.diag(d)).sum() / var
-    return np.hstack([scale * r, (md - scale * r @ ms)[:, None]])
+    c = float((a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]).sum()) / var
+    s = float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / var
+    tx = md[0] - (c * ms[0] - s * ms[1])
+    ty = md[1] - (s * ms[0] + c * ms[1])
+    return np.array([[c, -s, tx], [s, c, ty]])
 
 
-def warp(gray: np.ndarray, m: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """``gray`` warped by ``m`` (image -> crop pixels) into a size x size crop, without aliasing: a face much
-    larger than the crop is first shrunk with area averaging around its window, then warped at about 1:1."""
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """The inverse of a 2x3 affine transform (OpenCV's ``invertAffineTransform`` formula)."""
     m = np.asarray(m, np.float64)
-    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    src = gray
+    d = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22, a12, a21 = m[1, 1] * d, m[0, 0] * d, -m[0, 1] * d, -m[1, 0] * d
+    b1 = -a11 * m[0, 2] - a12 * m[1, 2]
+    b2 = -a21 * m[0, 2] - a22 * m[1, 2]
+    return np.array([[a11, a12, b1], [a21, a22, b2]])
+
+
+def area_shrink(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """``img`` (2-D) shrunk to out_h x out_w by exact area averaging (each output pixel the mean of the input
+    area it covers, fractional pixels weighted), in float64 and not rounded (the warp that follows rounds once)."""
+    out = np.asarray(img, np.float64)
+    for axis, n_out in ((0, out_h), (1, out_w)):
+        n = out.shape[axis]
+        k = n_out / n
+        edges = np.arange(n_out + 1) / k  # output pixel edges, in input pixels
+        v = np.moveaxis(out, axis, 0)
+        cs = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, 0)])
+        fl = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+        frac = (edges - fl)[:, None]
+        integral = cs[fl] + frac * v[fl]  # the input's running integral at each edge
+        out = np.moveaxis((integral[1:] - integral[:-1]) * k, 0, axis)
+    return out
+
+
+def sample_bilinear(src: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """``src`` (2-D) at the points (xs, ys) in its pixel coordinates (pixel centres at integers), bilinear,
+    the border replicated."""
+    h, w = src.shape
+    x0, y0 = np.floor(xs), np.floor(ys)
+    fx, fy = xs - x0, ys - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+    top = (1 - fx) * src[ya, xa] + fx * src[ya, xb]
+    bottom = (1 - fx) * src[yb, xa] + fx * src[yb, xb]
+    return (1 - fy) * top + fy * bottom
+
+
+def warp(gray: np.ndarray, m: np.ndarray, size: int = IMAGE_SIZE, exact: bool = False) -> np.ndarray:
+    """``gray`` warped by ``m`` (image -> crop pixels) into a size x size crop, without aliasing: a face much
+    larger than the crop is first shrunk by area averaging around its window, then sampled at about 1:1.
+
+    Plain float64 arithmetic (bilinear, border replicated), not OpenCV's fixed-point ``warpAffine``: the
+    browser's live mode repeats these exact steps. ``exact``: the float64 crop as computed (what the models are
+    given: no rounding, so a landmark that moves by a hair moves the input by a hair, on either side), else
+    rounded to uint8 (to show or save)."""
+    m = np.asarray(m, np.float64)
+    inv = invert_affine(m)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    xs = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]  # crop pixel -> image pixel
+    ys = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+    src = np.asarray(gray)
+    scale = float(np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
     if scale < 0.75:
-        inv = cv2.invertAffineTransform(m)
-        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inv.T
         pad = 2.0 / scale
-        x0, y0 = (max(0, int(np.floor(v - pad))) for v in corners.min(0))
-        x1, y1 = (int(np.ceil(v + pad)) for v in corners.max(0))
-        roi = gray[y0 : min(gray.shape[0], y1), x0 : min(gray.shape[1], x1)]
-        if roi.size:
-            k = scale
-            size_k = (max(1, round(roi.shape[1] * k)), max(1, round(roi.shape[0] * k)))
-            small = cv2.resize(roi, size_k, interpolation=cv2.INTER_AREA)
-            kx, ky = small.shape[1] / roi.shape[1], small.shape[0] / roi.shape[0]
-            # small pixel p -> image pixel (p + 0.5) / k - 0.5 + origin (OpenCV's pixel-centre convention)
-            to_image = np.array([[1 / kx, 0, 0.5 / kx - 0.5 + x0], [0, 1 / ky, 0.5 / ky - 0.5 + y0], [0, 0, 1]])
-            m = m @ to_image
-            src = small
-    return cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        cx = [inv[0, 0] * a + inv[0, 1] * b + inv[0, 2] for a, b in ((0, 0), (size, 0), (0, size), (size, size))]
+        cy = [inv[1, 0] * a + inv[1, 1] * b + inv[1, 2] for a, b in ((0, 0), (size, 0), (0, size), (size, size))]
+        x0, y0 = max(0, int(np.floor(min(cx) - pad))), max(0, int(np.floor(min(cy) - pad)))
+        x1 = min(gray.shape[1], int(np.ceil(max(cx) + pad)))
+        y1 = min(gray.shape[0], int(np.ceil(max(cy) + pad)))
+        if x1 > x0 and y1 > y0:
+            rw, rh = x1 - x0, y1 - y0
+            sw, sh = max(1, round(rw * scale)), max(1, round(rh * scale))
+            src = area_shrink(gray[y0:y1, x0:x1], sw, sh)
+            kx, ky = sw / rw, sh / rh
+            # image pixel -> small pixel: (x - x0 + 0.5) * k - 0.5 (pixel centres)
+            xs, ys = (xs - x0 + 0.5) * kx - 0.5, (ys - y0 + 0.5) * ky - 0.5
+    out = np.clip(sample_bilinear(np.asarray(src, np.float64), xs, ys), 0, 255)
+    return out if exact else to_u8(out)
+
+
+def to_u8(crop: np.ndarray) -> np.ndarray:
+    """A crop as uint8 pixels, rounded (half up): to show, save or compare with stored images."""
+    if crop.dtype == np.uint8:
+        return crop
+    return np.clip(np.floor(np.asarray(crop, np.float64) + 0.5), 0, 255).astype(np.uint8)
 
 
 def align_matrix(landmarks, template: dict | None = None) -> np.ndarray:
@@ -97,12 +156,12 @@ def align_matrix(landmarks, template: dict | None = None) -> np.ndarray:
     return similarity(np.asarray(landmarks, np.float64).reshape(5, 2), np.asarray(t["landmarks"]))
 
 
-def align_face(gray: np.ndarray, landmarks, template: dict | None = None) -> np.ndarray:
-    """The 48x48 crop whose five landmarks sit where FER2013's training faces have theirs."""
-    return warp(gray, align_matrix(landmarks, template))
+def align_face(gray: np.ndarray, landmarks, template: dict | None = None, exact: bool = False) -> np.ndarray:
+    """The 48x48 crop whose five landmarks sit where FER2013's training faces have theirs (``exact``: see warp)."""
+    return warp(gray, align_matrix(landmarks, template), exact=exact)
 
 
-def box_crop(gray: np.ndarray, box, template: dict | None = None) -> np.ndarray:
+def box_crop(gray: np.ndarray, box, template: dict | None = None, exact: bool = False) -> np.ndarray:
     """The 48x48 crop for a YuNet box alone: a square placed and sized on the box as FER2013's crops are on
     YuNet's boxes of the training faces (no rotation)."""
     b = (template or load_template())["box"]
@@ -111,19 +170,20 @@ def box_crop(gray: np.ndarray, box, template: dict | None = None) -> np.ndarray:
     cx, cy = x + w / 2 + b["dx"] * h, y + h / 2 + b["dy"] * h
     k = IMAGE_SIZE / side
     m = np.array([[k, 0, IMAGE_SIZE / 2 - 0.5 - k * (cx - 0.5)], [0, k, IMAGE_SIZE / 2 - 0.5 - k * (cy - 0.5)]])
-    return warp(gray, m)
+    return warp(gray, m, exact=exact)
 
 
 def relight(crop: np.ndarray, mode: str = LIGHT_DEFAULT, template: dict | None = None) -> np.ndarray:
-    """The crop with its brightness and contrast brought to the training faces' (see LIGHT_MODES)."""
+    """The crop with its brightness and contrast brought to the training faces' (see LIGHT_MODES): uint8 in,
+    uint8 out (rounded); a float crop (``warp(exact=True)``) stays float, unrounded."""
     if mode == "none":
         return crop
-    if mode == "equalize":
-        return cv2.equalizeHist(crop)
+    if mode == "equalize":  # a histogram of pixel levels: on the rounded crop
+        return cv2.equalizeHist(to_u8(crop))
     if mode not in LIGHT_MODES:
         raise FerError(f"unknown light mode {mode!r}; choose one of {', '.join(LIGHT_MODES)}")
     light = (template or load_template())["light"]
-    f = crop.astype(np.float32)
+    f = crop.astype(np.float64)  # float64 sums: the browser's copy of this step computes the same
     mean, sd = float(f.mean()), float(f.std())
     if mode == "match":
         new_mean, new_sd = light["mean"]["p50"], light["std"]["p50"]
@@ -132,8 +192,8 @@ def relight(crop: np.ndarray, mode: str = LIGHT_DEFAULT, template: dict | None =
         new_sd = float(np.clip(sd, light["std"]["p10"], light["std"]["p90"]))
         if new_mean == mean and new_sd == sd:
             return crop
-    out = (f - mean) * (new_sd / max(sd, 1.0)) + new_mean
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip((f - mean) * (new_sd / max(sd, 1.0)) + new_mean, 0, 255)
+    return to_u8(out) if crop.dtype == np.uint8 else out
 
 
 def mirror_points(pts: np.ndarray) -> np.ndarray:

@@ -37,6 +37,8 @@ DETECT_MAX_SIDE = 1920
 #: (1.0 per 100 frames); at 0.6, 92.3% and 2 (0.33 per 100); at 0.7, 86.8% and 2.
 YUNET_SCORE = 0.6
 YUNET_NMS = 0.3
+#: At most this many candidate faces enter YuNet's non-maximum suppression.
+YUNET_TOP_K = 500
 #: The Haar cascade searches a copy at most this long (as before YuNet: a 640x480 frame at 320x240).
 HAAR_MAX_SIDE = 320
 #: While tracking, a region is searched at a scale that makes its smallest expected face this many pixels
@@ -120,7 +122,7 @@ class YuNetDetector:
         net = getattr(self._local, "net", None)
         if net is None:
             try:
-                net = cv2.FaceDetectorYN.create(str(self.path), "", (w, h), self.score, YUNET_NMS, 500)
+                net = cv2.FaceDetectorYN.create(str(self.path), "", (w, h), self.score, YUNET_NMS, YUNET_TOP_K)
             except cv2.error as e:
                 raise FerError(f"{self.path}: not a face detector OpenCV can load ({_first_line(e)})") from None
             self._local.net, self._local.size = net, (w, h)

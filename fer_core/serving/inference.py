@@ -23,7 +23,7 @@ from fer_core.common import EMOTIONS, FerError
 from fer_core.data.augment import normalize
 from fer_core.data.images import to_gray48, to_gray_u8
 from fer_core.data.synthetic import draw_face
-from fer_core.serving.align import LIGHT_DEFAULT, align_face, box_crop, relight
+from fer_core.serving.align import LIGHT_DEFAULT, align_face, box_crop, relight, to_u8
 from fer_core.serving.detection import Detection, get_detector
 from fer_core.store.loading import LoadedModel
 
@@ -32,6 +32,8 @@ LOAD_MAX_SIDE = 1920
 #: Haar boxes (no landmarks): share of the box added on each side before cropping (FER2013 crops include some
 #: forehead and chin).
 CROP_MARGIN = 0.08
+#: An image's faces classified at most (the best found).
+MAX_FACES = 8
 #: How a face with landmarks is cut: "aligned" (on the landmarks, the default) or "box" (a square on its box).
 CROPS = ("aligned", "box")
 
@@ -49,7 +51,7 @@ class ModelPrediction:
 class Face:
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
     predictions: list[ModelPrediction] = field(default_factory=list)
-    crop: np.ndarray | None = field(default=None, repr=False)  # the 48x48 input the models saw
+    crop: np.ndarray | None = field(default=None, repr=False)  # the 48x48 input the models saw, rounded to uint8
     score: float | None = None  # the detector's confidence (None: Haar, or the whole image)
     landmarks: tuple[tuple[float, float], ...] | None = None  # five points (eyes, nose, mouth corners), if found
     aligned: bool = False  # True when the crop was aligned on the landmarks
@@ -139,15 +141,17 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = 
 
 def face_input(gray: np.ndarray, det: Detection, crop: str = "aligned", light: str = LIGHT_DEFAULT) -> np.ndarray:
     """The 48x48 model input for one detection: aligned on its landmarks when it has them (``crop="aligned"``),
-    else a square on its box (YuNet) or the box with a margin (Haar); then the light step (see ``relight``)."""
+    else a square on its box (YuNet) or the box with a margin (Haar); then the light step (see ``relight``).
+    Float64 gray levels 0-255, not rounded (``to_u8`` rounds it to show): the browser's live mode computes the
+    same numbers, so its probabilities equal the server's."""
     if crop not in CROPS:
         raise FerError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if det.landmarks is None:
-        face = crop_face(gray, det.box)
+        face = crop_face(gray, det.box).astype(np.float64)
     elif crop == "aligned":
-        face = align_face(gray, det.landmarks)
+        face = align_face(gray, det.landmarks, exact=True)
     else:
-        face = box_crop(gray, det.box)
+        face = box_crop(gray, det.box, exact=True)
     return relight(face, light)
 
 
@@ -177,7 +181,7 @@ def predict(
     image,
     models: list[LoadedModel],
     whole_image: bool = False,
-    max_faces: int = 8,
+    max_faces: int = MAX_FACES,
     detector: str = "yunet",
     crop: str = "aligned",
     light: str = LIGHT_DEFAULT,
@@ -208,11 +212,14 @@ def predict(
     if not dets:
         return PredictResult([], (w, h), detect_ms, message="no face found", detector=name, note=note)
     crops = np.stack(
-        [relight(to_gray48(gray), light) if whole_image else face_input(gray, d, crop, light) for d in dets]
+        [
+            relight(to_gray48(gray).astype(np.float64), light) if whole_image else face_input(gray, d, crop, light)
+            for d in dets
+        ]  # fmt: skip
     )
     preds = classify(crops, models) if models else [[] for _ in dets]
     faces = [
-        Face(d.box, p, c, d.score, d.landmarks, aligned=crop == "aligned" and d.landmarks is not None)
+        Face(d.box, p, to_u8(c), d.score, d.landmarks, aligned=crop == "aligned" and d.landmarks is not None)
         for d, p, c in zip(dets, preds, crops)
     ]
     return PredictResult(faces, (w, h), detect_ms, whole_image=whole_image, detector=name, note=note)

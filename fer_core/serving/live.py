@@ -37,6 +37,8 @@ MAX_MISSED = 5
 #: size on each side), and the whole frame once every FULL_DETECT_EVERY frames (new faces) or when that fails.
 ROI_MARGIN = 0.5
 FULL_DETECT_EVERY = 6
+#: A frame's faces classified at most (the best found).
+MAX_FACES = 4
 #: Frames the fps and the per-stage medians are computed over.
 WINDOW = 60
 #: Environment variable with the ICE servers (STUN/TURN) a dashboard served to other machines needs.
@@ -99,7 +101,7 @@ class LiveProcessor:
         self,
         models: list[LoadedModel],
         smoothing: float = 0.6,
-        max_faces: int = 4,
+        max_faces: int = MAX_FACES,
         draw: bool = True,
         detector: str = "yunet",
         crop: str = "aligned",

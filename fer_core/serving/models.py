@@ -111,7 +111,7 @@ def available_models() -> list[dict]:
             continue  # an ONNX variant cannot run without onnxruntime
         runtime = "onnxruntime" if ort_ok else "torch"
         acc = s.get("public_acc")
-        tag = " · synthetic" if s.get("data") == "synthetic" else ""
+        tag = (" · pruned" if s.get("pruned_from") else "") + (" · synthetic" if s.get("data") == "synthetic" else "")
         kind = "" if fmt == "torch" else f" · {fmt} {s.get('bytes') or 0:,} B"
         rows.append(
             {

@@ -9,6 +9,8 @@ Formats:
     int8  ONNX Runtime static quantization (QDQ, int8 weights per output channel, uint8 activations),
           calibrated on training images only; the first convolution stays fp32 (one input channel: measured
           slower in int8 and it costs accuracy)
+    int8-qat  the same int8 rounding of the same layers learned by quantization-aware fine-tuning
+          (:mod:`fer_core.training.qat`) and exported as it was trained (:func:`qat_to_onnx`)
 
 onnx and onnxruntime are imported inside the functions: training and the rest of ``fer_core`` never need them.
 """
@@ -35,7 +37,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from fer_core.common import EMOTIONS, IMAGE_SIZE, NUM_CLASSES, FerError
 from fer_core.data.augment import normalize
 
-FORMATS = ("fp32", "fp16", "int8")
+FORMATS = ("fp32", "fp16", "int8", "int8-qat")
+#: what ``export-onnx`` makes unless told: the formats that need no training
+DEFAULT_FORMATS = ("fp32", "fp16", "int8")
+#: the formats made by ONNX Runtime's quantizer or by fine-tuning: judged by top-1 agreement, not probabilities
+INT8_FORMATS = ("int8", "int8-qat")
 OPSET = 17
 ONNX_FORMAT = "fer-lab/onnx/1"
 INPUT_NOTE = "float32 (N, 1, 48, 48): gray pixels / 127.5 - 1"
@@ -130,6 +136,22 @@ def to_onnx(model: nn.Module, meta: dict | None = None) -> bytes:
     return proto.SerializeToString()
 
 
+def any_input_size(onnx_bytes: bytes) -> bytes:
+    """An image network's file with its input declared as any height and width (and each output's second axis
+    as any length) instead of the sizes it was saved with. For YuNet, saved at 640x640: OpenCV resizes a
+    network's input itself, ONNX Runtime runs the shapes a file declares. Only declarations change (YuNet's graph
+    already reshapes with -1 and upsamples by 2), so weights and computed numbers are the original's."""
+    onnx, _ = need_onnx()
+    model = onnx.load_from_string(onnx_bytes)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) > 1:
+            out.type.tensor_type.shape.dim[1].dim_param = f"{out.name}_length"
+    del model.graph.value_info[:]  # intermediate shapes inferred for the saved size
+    return model.SerializeToString()
+
+
 def set_onnx_meta(proto, meta: dict) -> None:
     keep = {p.key: p.value for p in proto.metadata_props}
     keep.update({k: str(v) for k, v in meta.items()})
@@ -184,8 +206,11 @@ def weights_to_fp16(onnx_bytes: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 64) -> tuple[bytes, dict]:
-    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``calibration`` uint8 faces.
+def quantize_int8(
+    onnx_bytes: bytes, calibration: np.ndarray, batch: int = 64, keep_fp32: tuple[str, ...] = ()
+) -> tuple[bytes, dict]:
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``calibration`` uint8 faces;
+    ``keep_fp32``: more nodes (by name) left in fp32 besides the first convolution and the classifier.
 
     Returns the quantized model and the settings used (recorded in the derived run's summary).
     """
@@ -215,6 +240,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 64) -
     # spread its rows too widely for int8)
     keep = [next(n.name for n in proto.graph.node if n.op_type == "Conv")]
     keep.append([n.name for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")][-1])
+    keep += [n for n in keep_fp32 if n not in keep]
     settings = {
         "format": "QDQ",
         "weights": "int8, per output channel",
@@ -242,6 +268,90 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, batch: int = 64) -
         q = onnx.load(str(out))
     set_onnx_meta(q, meta)
     return q.SerializeToString(), settings
+
+
+def qat_to_onnx(model: nn.Module, meta: dict | None = None) -> bytes:
+    """A frozen quantization-aware network (:func:`fer_core.training.qat.finetune_qat`) as an int8 ONNX file:
+    the export writes each fake-quantize op as a QuantizeLinear/DequantizeLinear pair, so ONNX Runtime computes
+    the rounding the network was fine-tuned with; the weights are then stored as the int8 values their
+    QuantizeLinear would produce (a quarter of the bytes), read by the DequantizeLinear directly."""
+    return int8_weights(to_onnx(model, meta))
+
+
+def int8_weights(onnx_bytes: bytes) -> bytes:
+    """Replace every QuantizeLinear of a stored weight by the quantized weight itself (int8/uint8 as its zero
+    point's type, rounded half to even and saturated as the operator specifies), and store the bias of every
+    Conv/Gemm whose input and weights are dequantized as int32 at their scales' product: what ONNX Runtime needs
+    to run the layer as one int8 kernel (QLinearConv, QGemm). The graph computes the same but for the biases'
+    rounding (at most half the product of the input's and the weights' scales, far below one output step)."""
+    onnx, _ = need_onnx()
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(onnx_bytes)
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(next(a.t for a in consts[name].attribute if a.name == "value"))
+        return None
+
+    drop, new_inits = [], []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
+            continue
+        w, scale, zero = value(node.input[0]), value(node.input[1]), value(node.input[2])
+        if scale is None or zero is None:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.size > 1:
+            shape[axis] = -1
+        info = np.iinfo(zero.dtype)
+        q = np.rint(w / scale.reshape(shape)) + zero.reshape(shape).astype(np.int64)
+        q = np.clip(q, info.min, info.max).astype(zero.dtype)
+        new_inits.append(numpy_helper.from_array(q, node.output[0]))  # the DequantizeLinear reads it by name
+        drop.append(node)
+    for node in drop:
+        graph.node.remove(node)
+    graph.initializer.extend(new_inits)
+    _int32_biases(graph, value, numpy_helper, onnx.helper)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(n)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def _int32_biases(graph, value, numpy_helper, helper) -> None:
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {t.name for t in graph.initializer}
+    added = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        if not (dq_x and dq_w and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
+            continue
+        s_x, s_w, bias = value(dq_x.input[1]), value(dq_w.input[1]), value(node.input[2])
+        if s_x is None or s_w is None or bias is None or s_x.size != 1:
+            continue
+        scale = (np.float32(s_x.reshape(())) * s_w.astype(np.float32).reshape(-1)) * np.ones(bias.shape, np.float32)
+        q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        name = node.input[2]
+        graph.initializer.extend(
+            [numpy_helper.from_array(q, f"{name}_int32"), numpy_helper.from_array(scale, f"{name}_scale")]
+        )  # no zero point: 0, the operator's default
+        added.append(helper.make_node("DequantizeLinear", [f"{name}_int32", f"{name}_scale"], [f"{name}_dq"], axis=0))
+        node.input[2] = f"{name}_dq"
+    nodes = added + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 # --------------------------------------------------------------------------------------------------- running
@@ -330,7 +440,7 @@ def check_parity(fmt: str, result: dict) -> str | None:
     """None if ``result`` passes this format's check, else why not."""
     if fmt in PARITY_TOLERANCE and result["max_prob_diff"] > PARITY_TOLERANCE[fmt]:
         return f"max probability difference {result['max_prob_diff']:.2e} > {PARITY_TOLERANCE[fmt]:g}"
-    if fmt == "int8" and result["top1_agreement"] < INT8_MIN_AGREEMENT:
+    if fmt in INT8_FORMATS and result["top1_agreement"] < INT8_MIN_AGREEMENT:
         return f"top-1 agreement {result['top1_agreement']:.3f} < {INT8_MIN_AGREEMENT}"
     return None
 
