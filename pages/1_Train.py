@@ -12,7 +12,8 @@ from fer_core.models import budget_note, family_about, list_models
 from fer_core.serving.models import available_models
 from fer_core.store.runs import study_dirs
 from fer_core.studies.families import progress
-from fer_core.training.config import RECIPES, RunConfig, apply_recipe
+from fer_core.training.config import PRUNE_IMPORTANCES, RECIPES, RunConfig, apply_recipe
+from fer_core.training.pruning import FINE_TUNE_EPOCHS, prune_configs
 from pages import guard
 
 guard()  # inside the app's navigation, and behind the lock when the dashboard is shared
@@ -96,6 +97,44 @@ def plan_table(items: list[dict]) -> pd.DataFrame:
         if note:
             st.warning(note)
     return pd.DataFrame(rows)
+
+
+def prune_ui(base: RunConfig, gpu: bool, backend: dict | None) -> None:
+    """Prune trained runs to parameter budgets (structured: whole channels), fine-tuned, as one job."""
+    with st.expander("Prune a trained run: cut whole channels to a parameter budget, then fine-tune"):
+        trained = {m["run_id"]: m for m in available_models() if m["format"] == "torch"}
+        if not trained:
+            st.caption("No trained run yet: train one above, then prune it here.")
+            return
+        parent = st.selectbox("run to prune", list(trained), format_func=lambda r: trained[r]["label"])
+        c1, c2, c3, c4 = st.columns(4)
+        budgets = c1.text_input("budgets (parameters, comma-separated)", "50000")
+        importance = c2.selectbox(
+            "which channels go",
+            list(PRUNE_IMPORTANCES),
+            help="l1/l2: smallest weight norms · bn: smallest BatchNorm scale · taylor: smallest |weight x gradient|",
+        )
+        steps = int(c3.number_input("steps", 1, 20, 1, help="pruning steps, fine-tuning between them"))
+        epochs = int(c4.number_input("fine-tuning epochs", 1, 1000, FINE_TUNE_EPOCHS if gpu else 10))
+        st.caption(
+            "Fine-tuning uses the parent's own settings on a cosine schedule, on the data, limit and device chosen "
+            "in Training settings above; each run's lineage names its parent."
+        )
+        if not st.button("Start pruning"):
+            return
+        try:
+            budgets = parse_numbers(budgets, "budgets")
+            cfgs = prune_configs(
+                parent, budgets, importance, steps, epochs, base.train.device, base.data.data, base.data.limit
+            )
+            checked = data_status(cfgs[0].data.data)
+            if not checked["ok"]:
+                raise FerError(f"Data: {checked['error']}")
+            jid = submit(cfgs, title=f"prune {parent} to {', '.join(f'{b:,.0f}' for b in budgets)}", backend=backend)
+        except FerError as e:
+            st.error(str(e))
+            return
+        st.success(f"Job {jid} started: {len(cfgs)} pruned run{'s' if len(cfgs) > 1 else ''}.")
 
 
 def where_ui() -> dict | None:
@@ -196,6 +235,8 @@ if st.button("Start", type="primary"):
         st.success(f"Job {jid} started.")
     except FerError as e:
         st.error(str(e))
+
+prune_ui(base, gpu, backend)
 
 st.subheader("Jobs")
 jobs_ui()

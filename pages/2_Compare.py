@@ -3,16 +3,27 @@
 import streamlit as st
 
 from fer_core.analysis.compare import (
+    KEEPS,
     X_AXES,
     Y_AXES,
     card_text,
     family_table,
     matched_budget_gap,
+    pruned_vs_scratch,
     runs_frame,
+    smallest_files,
     two_run_card,
     variants_table,
 )
-from fer_core.analysis.figures import PNG_CONFIG, confusion, learning_curves, per_class, scatter
+from fer_core.analysis.figures import (
+    FORMAT_NAMES,
+    KIND_NAMES,
+    PNG_CONFIG,
+    confusion,
+    learning_curves,
+    per_class,
+    scatter,
+)
 from fer_core.common import FerError
 from fer_core.models import list_models
 from fer_core.store.runs import find_run
@@ -28,24 +39,39 @@ if df.empty:
 
 
 def filters_ui(df):
-    c1, c2, c3, c4, c5, c6 = st.columns(6)
-    x = c1.selectbox("x axis", list(X_AXES), format_func=X_AXES.get)
+    c1, c2 = st.columns(2)
+    axes = [a for a in X_AXES if a != "latency_ms_browser" or a in df]  # a browser's latency once one measured it
+    device = df.attrs.get("browser_device")
+    x = c1.selectbox(
+        "x axis", axes, format_func=X_AXES.get,
+        help=f"latency on this device: measured by Try it's in-browser live video on {device}" if device else None,
+    )  # fmt: skip
     y = c2.selectbox("y axis", list(Y_AXES), format_func=Y_AXES.get)
+    # pills, not drop-downs: every choice shows its whole name (a drop-down's box cut them to "fer…")
+    c3, c4, c5, c6 = st.columns(4)
     sources = sorted(df["data"].unique())
-    data = c3.multiselect("data", sources, default=sources, help="marker shape: circle FER2013, diamond synthetic")
-    recipes = sorted(df["recipe"].dropna().unique())
-    recipe = c4.multiselect("recipe", recipes, default=recipes)
+    data = _pills(c3, "data", sources, "small markers: synthetic faces")
+    recipe = _pills(c4, "recipe", sorted(df["recipe"].dropna().unique()), None)
     kinds = sorted(df["lineage_kind"].unique())
-    kind = c5.multiselect("trained", kinds, default=kinds, help="star: distilled from a teacher; triangle: fine-tuned")
-    formats = sorted(df["format"].unique())
-    fmt = c6.multiselect(
-        "format",
-        formats,
-        default=formats,
-        help="torch: trained runs; onnx-*: deployable variants of a run (square fp32, hexagon fp16, x int8), "
-        "at their own file size on the bytes axis",
-    )
+    kind = _pills(c5, "made by", kinds, "marker: circle trained, star distilled, triangle fine-tuned", KIND_NAMES)
+    fmt = _pills(
+        c6, "format", sorted(df["format"].unique()),
+        "fill: torch weights filled; ONNX variants of a run: fp32 open, fp16 open with a dot, int8 with a white dot "
+        "(quantization-aware int8: also a dark outline; at their own file size on the bytes axis)",
+        FORMAT_NAMES,
+    )  # fmt: skip
     return x, y, data, recipe, kind, fmt
+
+
+def _pills(col, label: str, options: list, help: str | None, names: dict | None = None) -> list:
+    """A multi-choice filter whose choices are all shown, all on at first."""
+    if not options:
+        return []
+    picked = col.pills(
+        label, options, selection_mode="multi", default=options, format_func=lambda o: (names or {}).get(o, o),
+        help=help, key=f"filter-{label}",
+    )  # fmt: skip
+    return list(picked or [])
 
 
 x, y, data, recipes, kinds, formats = filters_ui(df)
@@ -67,11 +93,11 @@ def scatter_ui():
     d = keep(runs_frame())
     d = d[d["status"].isin(["completed", "running"])]
     if len(data) > 1 and "synthetic" in data:
-        st.warning("Synthetic-face runs are shown beside real ones: diamonds are synthetic, circles FER2013.")
+        st.warning("Synthetic-face runs are shown beside real ones: the small markers are synthetic.")
     st.plotly_chart(scatter(d, x, y), config=PNG_CONFIG, key="scatter")
     st.caption(
         f"{int((d['status'] == 'completed').sum())} completed · {int((d['status'] == 'running').sum())} running "
-        "(open markers, best public accuracy so far) · dotted lines: each family's Pareto frontier · "
+        "(faint markers, best public accuracy so far) · dotted lines: each family's Pareto frontier · "
         "the camera icon saves a PNG."
     )
 
@@ -126,6 +152,30 @@ else:
         "over seeds."
     )
 
+pruned = pruned_vs_scratch(shown, y=y if y in shown else "public_acc")
+if not pruned.empty:
+    st.subheader("Pruned against scratch: each pruned run minus its family trained from scratch at its size")
+    st.dataframe(
+        pruned.astype({"scratch_sd": float}).style.format(
+            {
+                "parent_params": "{:,}",
+                "params": "{:,}",
+                "parent_acc": "{:.4f}",
+                "pruned_acc": "{:.4f}",
+                "scratch_acc_interp": "{:.4f}",
+                "scratch_sd": "{:.4f}",
+                "diff": "{:+.4f}",
+            },
+            na_rep="-",
+        ),
+        hide_index=True,
+    )
+    st.caption(
+        "Scratch: the family's plain runs on the seed protocol and the same data, interpolated on log(parameters) "
+        "at the pruned run's size (never extrapolated); scratch_sd is the seeds' spread at the nearest size that has "
+        "several. `python -m fer_core compare` prints the same table."
+    )
+
 variants = variants_table(shown)
 if not variants.empty:
     st.subheader("Deployable variants against their trained run")
@@ -151,6 +201,23 @@ if not variants.empty:
         "fp32 on the exporting CPU. Latency: ONNX Runtime, one thread, one face; speed-up against the trained "
         "run's torch model timed in the same export. Reproduce: `python -m fer_core compare --json`."
     )
+
+st.subheader("The smallest file per family that keeps an accuracy")
+y_keep = y if y in shown else "public_acc"
+level = st.number_input(
+    f"{Y_AXES.get(y_keep, y_keep)} to keep", 0.0, 1.0, KEEPS[2], 0.005, format="%.3f",
+    help="per family, the fewest bytes of any file (trained runs at their fp16 state dict, ONNX variants at their "
+    "file) whose accuracy is at least this",
+)  # fmt: skip
+small = smallest_files(shown, [level], y=y_keep)
+if small.empty:
+    st.caption(f"No completed run or variant reaches {level:.3f}.")
+else:
+    st.dataframe(
+        small.drop(columns="keeps").style.format({"bytes": "{:,}", "params": "{:,}", "acc": "{:.4f}"}),
+        hide_index=True,
+    )
+    st.caption(f"Reproduce: `python -m fer_core compare --y {y_keep} --keeps {level:g}`.")
 
 done = shown[shown["status"] == "completed"].sort_values("params")
 ids = done["run_id"].tolist()

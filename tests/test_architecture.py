@@ -14,7 +14,18 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "fer_core"
 #: Optional heavy libraries a module may import inside the function that needs them (the one module that does).
-LAZY_OK = {"onnx", "onnxruntime", "ray", "av", "streamlit_webrtc", "kaleido", "plotly", "torchvision", "playwright"}
+LAZY_OK = {
+    "onnx",
+    "onnxruntime",
+    "ray",
+    "av",
+    "streamlit_webrtc",
+    "kaleido",
+    "plotly",
+    "torchvision",
+    "playwright",
+    "torch_pruning",
+}
 
 
 def _modules():

@@ -13,7 +13,7 @@ def test_bench_writes_the_figures_it_promises(tmp_path):
     assert doc["frame_by_runtime"]["onnxruntime"]["frame_latency_ms_median"] > 0
     assert doc["frame"].endswith("onnxruntime"), "the headline frame time is the dashboard's runtime"
     for model in ("mobilenet w1.0", "cnn w1.0"):
-        assert set(doc["face_latency_ms"][model]) == {"torch", "onnx-fp32", "onnx-fp16", "onnx-int8"}
+        assert set(doc["face_latency_ms"][model]) == {"torch", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qat"}
         assert all(v > 0 for v in doc["face_latency_ms"][model].values())
     assert doc["live_fps"] > 0 and doc["live_faces_per_frame"] == 1 and doc["live_detect_ms_median"] > 0
     training = doc["training_at_seed_size"]

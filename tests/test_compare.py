@@ -58,11 +58,32 @@ def test_scatter_marks_running_runs_and_draws_byte_limits():
     df.loc[0, "status"] = "running"
     df["bytes_fp16"] = df["params"] * 2
     fig = scatter(df, "bytes_fp16", "private_acc")
-    names = [t.name for t in fig.data]
-    assert "cnn · fer2013 · running" in names and any(n.endswith("frontier") for n in names)
-    symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "markers"}
-    assert symbols["cnn · fer2013 · running"] == "circle-open"
+    runs = [t for t in fig.data if t.mode == "markers" and t.x[0] is not None]
+    running = [t for t in runs if t.name.endswith("running")]
+    assert len(running) == 1 and running[0].opacity < 1 and running[0].marker.symbol == "circle"
+    assert any(t.mode == "lines" and t.name.endswith("frontier") for t in fig.data)
     assert {round(s.x0) for s in fig.layout.shapes} == {225_000, 650_000}
+
+
+def test_the_scatter_encodes_family_as_colour_lineage_as_marker_and_format_as_fill_with_a_short_legend():
+    rows = []
+    for i, (family, kind, fmt) in enumerate(
+        [(f, k, m) for f in ("mobilenet", "cnn") for k in ("plain", "distilled") for m in ("torch", "onnx-int8")]
+        + [("mobilenetv2", "fine-tuned", "onnx-fp16"), ("shufflenetv2", "plain", "onnx-fp32")]
+    ):
+        rows.append({"run_id": f"r{i}", "family": family, "width": 1, "params": 1000 * (i + 1), "seed": 0,
+                     "private_acc": 0.5, "format": fmt, "lineage_kind": kind})  # fmt: skip
+    fig = scatter(_df(rows), "params", "private_acc")
+    runs = [t for t in fig.data if t.mode == "markers" and t.x[0] is not None]
+    by = {t.customdata[0]: t for t in runs}
+    assert by["r0"].marker.symbol == "circle" and by["r1"].marker.symbol == "circle-dot"  # torch, int8
+    assert by["r2"].marker.symbol == "star" and by["r3"].marker.symbol == "star-dot"  # distilled
+    assert by["r8"].marker.symbol == "triangle-up-open-dot" and by["r9"].marker.symbol == "circle-open"
+    assert len({by[r].marker.color for r in ("r0", "r2", "r3")}) == 1 and by["r0"].marker.color != by["r4"].marker.color
+    assert not any(t.showlegend for t in runs)  # the runs themselves stay out of the legend
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert legend == ["cnn", "mobilenet", "mobilenetv2", "shufflenetv2", "trained", "distilled", "fine-tuned",
+                      "torch weights", "ONNX fp32", "ONNX fp16", "ONNX int8"]  # fmt: skip
 
 
 def test_running_runs_show_their_best_public_accuracy_so_far(tmp_path, monkeypatch):
@@ -171,3 +192,35 @@ def test_the_family_figure_draws_each_family_with_error_bars_over_seeds():
     assert list(traces["mobilenet"].x) == [20_067, 107_247]  # along the size axis
     assert list(traces["mobilenet"].error_y.array) == [0.0, 0.004]  # one seed: no bar
     assert fig.layout.xaxis.type == "log"
+
+
+def test_the_smallest_file_per_family_that_keeps_each_accuracy_level():
+    from fer_core.analysis.compare import smallest_files
+
+    def row(run_id, family, params, nbytes, fmt, acc, **more):
+        return {"run_id": run_id, "family": family, "params": params, "bytes": nbytes, "format": fmt,
+                "private_acc": acc, **more}  # fmt: skip
+
+    rows = [
+        row("m", "mobilenet", 100_000, 200_000, "torch", 0.62),
+        row("m-i8", "mobilenet", 100_000, 160_000, "onnx-int8", 0.612, derived_from="m"),
+        row("m-qat", "mobilenet", 100_000, 140_000, "onnx-int8-qat", 0.619, derived_from="m"),
+        row("s", "mobilenet", 50_000, 100_000, "torch", 0.58),
+        row("r", "mobilenet", 10_000, 20_000, "torch", 0.9, status="running"),
+        row("c", "cnn", 1_000_000, 2_000_000, "torch", 0.61),
+    ]
+    t = smallest_files(_df(rows), [0.57, 0.615, 0.65])
+    got = {(r.family, r.keeps): (r.run_id, r.bytes) for r in t.itertuples()}
+    # the running run is never counted; a smaller file that keeps the level wins over a more accurate one
+    assert got == {
+        ("mobilenet", 0.57): ("s", 100_000),
+        ("mobilenet", 0.615): ("m-qat", 140_000),
+        ("cnn", 0.57): ("c", 2_000_000),
+    }
+    assert smallest_files(_df(rows), 0.615)["run_id"].tolist() == ["m-qat"]
+
+
+def test_compare_cli_names_a_bad_keeps_level(tmp_path):
+    r = run_cli("compare", "--keeps", "0.6,62", env={"FER_RUNS": str(tmp_path)})
+    assert r.returncode == 2 and "--keeps '0.6,62': every level must lie between 0 and 1" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -271,8 +271,18 @@ def test_the_pages_show_variants(trained_run, monkeypatch):
     at = AppTest.from_file(str(ROOT / "pages/2_Compare.py"), default_timeout=120).run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("Deployable variants" in s.value for s in at.subheader)
-    table = at.dataframe[-1].value
+    tables = [d.value for d in at.dataframe]
+    variants = next(t for t in tables if "parent" in t and "bytes_ratio" in t)
+    assert {"onnx-fp16", "onnx-int8"} <= set(variants["format"])
+    table = tables[-1]  # all runs
     assert {"onnx-fp16", "onnx-int8", "torch"} <= set(table["format"])
+    # the smallest file per family that keeps the level asked for (the same rows as `compare --keeps`)
+    from fer_core.analysis.compare import runs_frame, smallest_files
+
+    keep = next(n for n in at.number_input if "to keep" in n.label)
+    keep.set_value(0.0).run()
+    small = next(d.value for d in at.dataframe if "acc" in d.value and "keeps" not in d.value)
+    assert small["run_id"].tolist() == smallest_files(runs_frame(), [0.0], y="public_acc")["run_id"].tolist()
     # the scatter on the bytes axis: a trace per format, a variant's hover names its parent
     next(s for s in at.selectbox if s.label == "x axis").set_value("bytes").run()
     assert not at.exception
@@ -303,7 +313,7 @@ def test_the_pages_show_variants(trained_run, monkeypatch):
 
 def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_run, monkeypatch):
     from fer_core.studies.variants import export_variants
-    from fer_core.training.trainer import load_lineage
+    from fer_core.training.lineage import load_lineage
 
     monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
     export_variants(trained_run.name, formats=("fp16",), say=lambda *a: None)
@@ -316,3 +326,24 @@ def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_r
         "train", "--init", f"{trained_run.name}-onnx-fp16", "--print-config", env={"FER_RUNS": str(trained_run.parent)}
     )
     assert r.returncode == 2 and f"is an ONNX variant (onnx-fp16): give its trained run {trained_run.name}" in r.stderr
+
+
+def test_the_int8_sensitivity_sweep_tries_each_layer_in_fp32_and_keeps_what_pays(trained_run, tmp_path):
+    from fer_core.serving.onnx import parse_onnx, quantize_int8, to_onnx
+    from fer_core.store.loading import load_torch_model
+    from fer_core.studies.int8_sweep import int8_sensitivity
+
+    lines = []
+    doc = int8_sensitivity(str(trained_run), "synthetic", calibration_images=64, out_dir=tmp_path, say=lines.append)
+    lm = load_torch_model(str(trained_run))
+    fp32 = to_onnx(lm.torch_model)
+    convs = [n.name for n in parse_onnx(fp32).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    # every layer but the two kept by default was tried alone in fp32
+    assert [r["node"] for r in doc["layers"]] == [c for c in convs if c not in doc["int8"]["fp32_nodes"]]
+    assert set(doc["mixed"]["fp32_nodes"]) <= {r["node"] for r in doc["layers"] if r["recovered_pts"] > 0}
+    assert doc["fp32"]["bytes"] >= doc["mixed"]["bytes"] >= doc["int8"]["bytes"]
+    assert json.loads((tmp_path / f"{doc['run_id']}.json").read_text()) == doc
+    # a node asked to stay fp32 has no quantized weights in the file
+    q, settings = quantize_int8(fp32, np.zeros((8, 48, 48), np.uint8), keep_fp32=(doc["layers"][0]["node"],))
+    assert doc["layers"][0]["node"] in settings["fp32_nodes"]
+    assert len(q) > len(quantize_int8(fp32, np.zeros((8, 48, 48), np.uint8))[0])

@@ -138,9 +138,9 @@ def test_lineage_reaches_runs_json_the_table_and_the_two_run_card(synthetic, tea
     card = two_run_card([s["run_id"], teacher["run_id"]])[0]
     assert "taught by" in card["lineage"] and "T=4, alpha=0.9" in card["lineage"]
     fig = scatter(runs_frame(), "params", "public_acc")
-    symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "markers"}
-    assert symbols["mobilenet · synthetic · distilled"] == "star"
-    hover = next(t for t in fig.data if t.name == "mobilenet · synthetic · distilled").hovertext[0]
+    student = next(t for t in fig.data if t.mode == "markers" and t.x[0] is not None and s["run_id"] in t.customdata)
+    assert student.marker.symbol == "star" and "distilled" in student.name  # star: distilled; filled: torch weights
+    hover = student.hovertext[list(student.customdata).index(s["run_id"])]
     assert f"taught by {teacher['run_id']}" in hover
 
 
@@ -149,3 +149,61 @@ def test_train_init_takes_the_model_from_the_init_run(synthetic, teacher):
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
     assert cfg["model"]["family"] == "cnn" and cfg["model"]["width"] == 0.1 and cfg["init"] == teacher["run_id"]
+
+
+def test_replayed_teacher_targets_equal_a_live_teacher_on_the_same_view(synthetic, teacher):
+    from fer_core.data.augment import normalize, warp
+    from fer_core.store.loading import load_torch_model
+    from fer_core.training.engine import ReplayedTeachers, Teachers
+
+    cfg = _student(teacher["run_id"])
+    cfg.distill.views, cfg.data.augment = 3, True
+    live = Teachers([load_torch_model(teacher["run_id"]).model], cfg.distill.temperature)
+    x = torch.from_numpy(synthetic.split("train")[0][:300].copy())
+    replay = ReplayedTeachers(live, x, cfg, torch.device("cpu"), batch_size=128)
+    assert replay.probs.shape == (300, 3, 7) and replay.forwards == 900
+    torch.manual_seed(0)
+    idx = torch.randperm(300)[:64]
+    xs, probs = replay.view(idx)
+    torch.manual_seed(0)
+    torch.randperm(300)
+    k = torch.randint(3, (64,))  # the views view() drew
+    assert len(set(k.tolist())) > 1  # several views in one batch
+    seen = warp(normalize(x[idx]), replay.theta[idx, k])
+    assert torch.equal(xs, seen)
+    with torch.no_grad():
+        assert torch.allclose(probs, live(seen), atol=1e-6)
+    # the views are real augmentations (not the image itself) and rebuild the same from the run's seed
+    assert not torch.allclose(seen, normalize(x[idx]))
+    again = ReplayedTeachers(live, x, cfg, torch.device("cpu"), batch_size=100)
+    assert torch.equal(again.theta, replay.theta) and torch.allclose(again.probs, replay.probs, atol=1e-6)
+
+
+def test_a_replayed_distillation_trains_and_says_what_its_teacher_cost(synthetic, teacher):
+    cfg = _student(teacher["run_id"])
+    cfg.distill.views, cfg.data.augment = 2, True
+    s = fit(cfg.validate(), data=synthetic)
+    assert s["status"] == "completed" and s["distilled"] is True
+    assert s["teacher_replay"]["views"] == 2 and s["teacher_replay"]["forwards"] == 2 * 2000
+    saved = json.loads((find_run(s["run_id"]).path / "config.json").read_text())
+    assert saved["distill"]["views"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"views": 2, "teachers": []}, "distill.views"),
+        ({"views": -1}, "distill.views"),
+        ({"views": 2, "mixup": 0.2}, "distill.views"),
+        ({"views": 2, "photometric": 0.5}, "distill.views"),
+    ],
+)
+def test_replay_refuses_what_it_cannot_replay(change, field):
+    cfg = _student("some-teacher")
+    cfg.distill.views = change["views"]
+    if "teachers" in change:
+        cfg.distill.teachers = change["teachers"]
+    cfg.train.mixup = change.get("mixup", 0.0)
+    cfg.data.aug.photometric = change.get("photometric", 0.0)
+    with pytest.raises(FerError, match=field):
+        cfg.validate()

@@ -58,6 +58,7 @@ CASES = {
     "data": lambda s: ["--data", "synthetic:140"],
     "recipes": lambda s: [],
     "train": lambda s: ["--model", "cnn", "--width", "0.1", "--data", "synthetic:140", "--epochs", "1", "--quiet"],
+    "prune": lambda s: [s["run"], "--budget", "3000", "--data", "synthetic:140", "--epochs", "1", "--quiet"],
     "sweep": lambda s: ["--budgets", "2e4,5e4", "--data", "synthetic", "--dry-run"],
     "reference": lambda s: ["--dry-run"],
     "study beyond": lambda s: ["--dry-run", "--out", str(s["root"] / "beyond")],
@@ -72,6 +73,15 @@ CASES = {
         "--data",
         "synthetic:140",
     ],
+    "int8-sensitivity": lambda s: [
+        s["run"],
+        "--data",
+        "synthetic:140",
+        "--calibration-images",
+        "32",
+        "--out",
+        str(s["root"] / "int8"),
+    ],  # fmt: skip
     "compare": lambda s: [],
     "jobs": lambda s: [],
     "ray-token": lambda s: ["--generate", str(s["root"] / "ray-token")],  # a token file of its own

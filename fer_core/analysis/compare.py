@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from fer_core.serving.browser import latest_device_latency
 from fer_core.serving.models import load_model
 from fer_core.store.runs import lineage_text, table
 
@@ -21,6 +22,7 @@ X_AXES = {
     "bytes_fp32": "saved size, fp32 (bytes)",
     "macs": "multiply-accumulates per image",
     "latency_ms_cpu": "CPU latency, batch 1 (ms)",
+    "latency_ms_browser": "latency on this device, in the browser (ms per face)",
 }
 Y_AXES = {"public_acc": "public accuracy", "private_acc": "private accuracy"}
 #: The course's size limits for the compressed model (bytes of the saved file).
@@ -42,12 +44,25 @@ def runs_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
     if "bytes_fp16" in df:
         df["bytes"] = df["bytes"].fillna(df["bytes_fp16"]) if "bytes" in df else df["bytes_fp16"]
     df["lineage_kind"] = [lineage_kind(r) for _, r in df.iterrows()]
+    return with_browser_latency(df)
+
+
+def with_browser_latency(df: pd.DataFrame, path=None) -> pd.DataFrame:
+    """``latency_ms_browser``: each run's ms per face measured by the Try-it page's in-browser live mode on the
+    device that reported last (``df.attrs["browser_device"]`` names it); absent when none has reported."""
+    device, ms = latest_device_latency(path)
+    if device and ms and "run_id" in df:
+        df["latency_ms_browser"] = df["run_id"].map(ms)
+        df.attrs["browser_device"] = device
     return df
 
 
 def lineage_kind(row) -> str:
-    """How a run was trained: plain, distilled (has teachers), fine-tuned (started from a run), or both."""
+    """How a run was made: plain, pruned (channels cut from a trained run; distilled too, if taught), distilled
+    (has teachers), fine-tuned (started from a run), or distilled + fine-tuned."""
     taught = isinstance(row.get("teacher"), str) and bool(row.get("teacher"))
+    if isinstance(row.get("pruned_from"), str) and row.get("pruned_from"):
+        return "pruned + distilled" if taught else "pruned"
     tuned = isinstance(row.get("init_run"), str) and bool(row.get("init_run"))
     return {(False, False): "plain", (True, False): "distilled", (False, True): "fine-tuned"}.get(
         (taught, tuned), "distilled + fine-tuned"
@@ -147,6 +162,80 @@ def family_table(df: pd.DataFrame, y: str = "private_acc", budgets=FAMILY_BUDGET
     contenders = out.groupby(["data", "recipe", "budget"])["family"].transform("count")
     out["margin"] = np.where((out["rank"] == 1) & (contenders > 1), out["mean"] - best2, np.nan)
     return out.sort_values(["data", "recipe", "budget", "rank"]).reset_index(drop=True)
+
+
+def pruned_vs_scratch(df: pd.DataFrame, y: str = "private_acc", scratch_recipe: str = "seed") -> pd.DataFrame:
+    """Pruned minus scratch at equal parameters: each pruned run (torch weights) against its family's plain runs
+    trained from scratch on the same data with ``scratch_recipe`` (the seed protocol: the reference and the
+    study), their mean accuracy interpolated on log10(params) at the pruned run's size (all seeds pooled; a
+    size outside their range is not extrapolated). ``scratch_sd`` is the seeds' sd at the nearest scratch size
+    that has several, so a difference can be read against the noise.
+
+    Returns one row per pruned run: its parent's size and accuracy, its size, fine-tuning epochs, criterion,
+    steps, its accuracy, the scratch curve's, and ``diff`` (pruned minus scratch).
+    """
+    cols = [
+        "run_id",
+        "family",
+        "data",
+        "parent",
+        "parent_params",
+        "parent_acc",
+        "params",
+        "epochs",
+        "importance",
+        "steps",
+        "pruned_acc",
+        "scratch_acc_interp",
+        "scratch_sd",
+        "diff",
+    ]
+    if df.empty or "pruned_from" not in df:
+        return pd.DataFrame(columns=cols)
+    d = df[df["status"] == "completed"].dropna(subset=[y, "params"]).copy()
+    d["recipe"] = d["recipe"].fillna("seed") if "recipe" in d else "seed"
+    d["format"] = d["format"].fillna("torch") if "format" in d else "torch"
+    if "lineage_kind" not in d:
+        d["lineage_kind"] = [lineage_kind(r) for _, r in d.iterrows()]
+    d = d[d["format"] == "torch"]
+    pruned = d[d["lineage_kind"].str.startswith("pruned")]
+    scratch = d[(d["lineage_kind"] == "plain") & (d["recipe"] == scratch_recipe)]
+    by_id = d.set_index("run_id")
+    rows = []
+    for _, r in pruned.iterrows():
+        same = scratch[(scratch["family"] == r["family"]) & (scratch["data"] == r["data"])]
+        xs, ys = _curve(same, y) if same["params"].nunique() >= 2 else (np.array([]), np.array([]))
+        lp = math.log10(float(r["params"]))
+        if len(xs) < 2 or lp < xs[0] - 1e-9 or lp > xs[-1] + 1e-9:
+            continue
+        other = float(np.interp(lp, xs, ys))
+        spread = same.groupby("params")[y].agg(["std", "count"]).reset_index()
+        spread = spread[spread["count"] > 1]
+        sd = (
+            float(spread.iloc[(np.log10(spread["params"].astype(float)) - lp).abs().argmin()]["std"])
+            if not spread.empty
+            else None
+        )
+        parent = by_id.loc[r["pruned_from"]] if r["pruned_from"] in by_id.index else None
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "family": r["family"],
+                "data": r["data"],
+                "parent": r["pruned_from"],
+                "parent_params": int(parent["params"]) if parent is not None else None,
+                "parent_acc": float(parent[y]) if parent is not None else None,
+                "params": int(r["params"]),
+                "epochs": int(r["epochs"]) if pd.notna(r.get("epochs")) else None,
+                "importance": r.get("prune_importance"),
+                "steps": int(r["prune_steps"]) if pd.notna(r.get("prune_steps")) else None,
+                "pruned_acc": float(r[y]),
+                "scratch_acc_interp": other,
+                "scratch_sd": sd,
+                "diff": float(r[y]) - other,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols).sort_values(["family", "params"]).reset_index(drop=True)
 
 
 def pairwise_gaps(df: pd.DataFrame, y: str = "private_acc", families: list[str] | None = None) -> pd.DataFrame:
@@ -254,6 +343,45 @@ def variants_table(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=VARIANT_COLUMNS).sort_values(["parent", "bytes"]).reset_index(drop=True)
+
+
+#: accuracy levels the smallest-file table answers for unless told (private accuracy of the shipped runs spans
+#: about 0.55 to 0.64)
+KEEPS = (0.55, 0.58, 0.6, 0.62)
+SMALLEST_COLUMNS = ["family", "data", "keeps", "bytes", "format", "params", "acc", "run_id"]
+
+
+def smallest_files(df: pd.DataFrame, keeps, y: str = "private_acc") -> pd.DataFrame:
+    """Per family and data source, the fewest bytes that keep ``y`` at or above each level in ``keeps``: trained
+    runs at their fp16 state dict's size, ONNX variants at their file's (completed runs only). A family with no
+    file that good has no row for that level."""
+    levels = [float(k) for k in (keeps if np.iterable(keeps) else [keeps])]
+    if df.empty or y not in df or "bytes" not in df:
+        return pd.DataFrame(columns=SMALLEST_COLUMNS)
+    d = df[df["status"].eq("completed") & df["bytes"].notna() & df[y].notna()]
+    if "format" not in d:
+        d = d.assign(format="torch")
+    rows = []
+    for (family, data), g in d.groupby(["family", "data"]):
+        for level in levels:
+            ok = g[g[y] >= level]
+            if ok.empty:
+                continue
+            r = ok.sort_values(["bytes", y], ascending=[True, False]).iloc[0]
+            rows.append(
+                {
+                    "family": family,
+                    "data": data,
+                    "keeps": level,
+                    "bytes": int(r["bytes"]),
+                    "format": r["format"] if isinstance(r["format"], str) else "torch",
+                    "params": r["params"],
+                    "acc": r[y],
+                    "run_id": r["run_id"],
+                }
+            )
+    out = pd.DataFrame(rows, columns=SMALLEST_COLUMNS)
+    return out.sort_values(["data", "keeps", "bytes"]).reset_index(drop=True) if rows else out
 
 
 def _baseline(row, split: str) -> float:

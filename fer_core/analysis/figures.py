@@ -28,11 +28,35 @@ def family_color(family: str) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
-DATA_SYMBOLS = {"fer2013": "circle", "synthetic": "diamond", "custom": "square"}
-#: runs that learnt from other runs get their own marker (whatever their data): star distilled, triangle fine-tuned
-LINEAGE_SYMBOLS = {"distilled": "star", "fine-tuned": "triangle-up", "distilled + fine-tuned": "star-triangle-up"}
-#: ONNX variants (derived runs) get their own marker: same network as the parent, another number format
-FORMAT_SYMBOLS = {"onnx-fp32": "square", "onnx-fp16": "hexagon", "onnx-int8": "x"}
+#: the marker says how a run was made: trained from scratch, distilled from teachers, fine-tuned from a run
+LINEAGE_SYMBOLS = {
+    "plain": "circle",
+    "distilled": "star",
+    "fine-tuned": "triangle-up",
+    "distilled + fine-tuned": "star-triangle-up",
+    "pruned": "diamond",
+    "pruned + distilled": "star-diamond",
+}
+#: the fill says the number format: torch weights filled; ONNX variants of a run open (fp32), open with a dot
+#: (fp16), or filled with a white dot (int8; quantization-aware int8 also has a dark outline)
+FORMAT_FILLS = {
+    "torch": "",
+    "onnx-fp32": "-open",
+    "onnx-fp16": "-open-dot",
+    "onnx-int8": "-dot",
+    "onnx-int8-qat": "-dot",
+}
+#: outlines that differ from the family colour's
+FORMAT_OUTLINES = {"torch": {"width": 1, "color": "white"}, "onnx-int8-qat": {"width": 3, "color": "#222"}}
+#: what the legend calls them
+KIND_NAMES = {"plain": "trained", "distilled": "distilled", "fine-tuned": "fine-tuned"}
+FORMAT_NAMES = {
+    "torch": "torch weights",
+    "onnx-fp32": "ONNX fp32",
+    "onnx-fp16": "ONNX fp16",
+    "onnx-int8": "ONNX int8",
+    "onnx-int8-qat": "ONNX int8, QAT",
+}
 #: the download button of every figure saves a PNG at this scale
 PNG_CONFIG = {"toImageButtonOptions": {"format": "png", "scale": 2, "filename": "fer-lab"}, "displaylogo": False}
 
@@ -58,9 +82,62 @@ def _hover(df: pd.DataFrame, y: str) -> list[str]:
     return out
 
 
+def marker_symbol(kind: str, fmt: str) -> str:
+    """The Plotly marker of a run: its shape from how it was made, its fill from its number format."""
+    return LINEAGE_SYMBOLS.get(kind, "circle") + FORMAT_FILLS.get(fmt, "-open")
+
+
+def marker_line(fmt: str, color: str) -> dict:
+    """The marker's outline: the family's colour, except where the format has its own."""
+    return FORMAT_OUTLINES.get(fmt, {"width": 1.5, "color": color})
+
+
+def _legend(fig, d: pd.DataFrame) -> None:
+    """A short legend: one entry per family (colour), per way of making and per format (gray markers) present,
+    and the frontier's line; clicking a family's entry hides its runs and frontier."""
+    import plotly.graph_objects as go
+
+    def entry(name, color, symbol, group, title=None, mode="markers", line=None, outline=None):
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode=mode, name=name, legendgroup=group, legendgrouptitle_text=title,
+                marker={"color": color, "symbol": symbol, "size": 11, "line": outline or marker_line("", color)},
+                line=line, hoverinfo="skip",
+            )
+        )  # fmt: skip
+
+    for i, family in enumerate(sorted(d["family"].dropna().unique())):
+        entry(family, family_color(family), "circle", family, "family" if i == 0 else None)
+    kinds = [k for k in LINEAGE_SYMBOLS if k in set(d["lineage_kind"])]
+    if kinds != ["plain"]:
+        for i, kind in enumerate(kinds):
+            entry(KIND_NAMES.get(kind, kind), "gray", LINEAGE_SYMBOLS[kind], "_kind", "made by" if i == 0 else None)
+    formats = [f for f in FORMAT_FILLS if f in set(d["format"])]
+    if formats != ["torch"]:
+        for i, fmt in enumerate(formats):
+            outline = FORMAT_OUTLINES.get(fmt) if fmt != "torch" else None
+            title = "format" if i == 0 else None
+            entry(FORMAT_NAMES[fmt], "gray", "circle" + FORMAT_FILLS[fmt], "_format", title, outline=outline)
+    if (d["data"] == "synthetic").any() and (d["data"] != "synthetic").any():
+        fig.add_annotation(text="small markers: synthetic data", xref="paper", yref="paper", x=1, y=1.02,
+                           showarrow=False, xanchor="right", font={"size": 11, "color": "gray"})  # fmt: skip
+    if d["_live"].any():
+        fig.add_annotation(text="faint: still running (best so far)", xref="paper", yref="paper", x=0, y=1.02,
+                           showarrow=False, xanchor="left", font={"size": 11, "color": "gray"})  # fmt: skip
+
+
+def _x_title(df: pd.DataFrame, x: str) -> str:
+    """The x axis's title; a browser's latency says which browser and device measured it."""
+    device = df.attrs.get("browser_device") if x == "latency_ms_browser" else None
+    return X_AXES.get(x, x) + (f", {device}" if device else "") + " (log)"
+
+
 def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier: bool = True, title: str = ""):
-    """Accuracy against model size: colour by family, marker by data source, open markers for running runs,
-    a Pareto frontier per family, and the course's byte limits when x is a size in bytes."""
+    """Accuracy against model size. Colour: the family; marker: how the run was made (trained, distilled,
+    fine-tuned, pruned); fill: the number format (torch filled, ONNX variants open or dotted); faint: still running;
+    small: synthetic data. A dotted Pareto frontier per family. The legend has one entry per family, per way of
+    making and per format present (not one per combination), and the course's byte limits show when x is a size
+    in bytes."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -74,28 +151,28 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
         d = d.assign(_live=d["status"].eq("running"), format=d["format"].fillna("torch"))
     groups = d.groupby(keys) if not d.empty else []
     for (family, data, kind, fmt, live), g in groups:
-        symbol = FORMAT_SYMBOLS.get(fmt) or LINEAGE_SYMBOLS.get(kind, DATA_SYMBOLS.get(data, "x"))
-        symbol += "-open" if live else ""
         fig.add_trace(
             go.Scatter(
                 x=g[x],
                 y=g[y],
                 mode="markers",
-                name=f"{family} · {data}"
-                + ("" if kind == "plain" else f" · {kind}")
-                + ("" if fmt == "torch" else f" · {fmt}")
-                + (" · running" if live else ""),
+                name=f"{family} · {data} · {kind} · {fmt}" + (" · running" if live else ""),
+                legendgroup=family,
+                showlegend=False,
+                opacity=0.45 if live else 1.0,
                 marker={
                     "color": family_color(family),
-                    "symbol": symbol,
-                    "size": 11,
-                    "line": {"width": 1, "color": "white"} if not live else {"width": 2},
+                    "symbol": marker_symbol(kind, fmt),
+                    "size": 7 if data == "synthetic" else 11,
+                    "line": marker_line(fmt, family_color(family)),
                 },
                 hovertext=_hover(g, y),
                 hoverinfo="text",
                 customdata=g["run_id"],
             )
         )
+    if not d.empty:
+        _legend(fig, d)
     if frontier and not d.empty:
         done = d[d["status"] == "completed"]
         for (family, data), g in done.groupby(["family", "data"]):
@@ -108,9 +185,16 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
                         mode="lines",
                         line={"color": family_color(family), "width": 1.5, "dash": "dot"},
                         name=f"{family} · {data} frontier",
+                        legendgroup=family,
+                        showlegend=False,
                         hoverinfo="skip",
                     )
                 )
+    if any(t.mode == "lines" for t in fig.data):
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", name="Pareto frontier", legendgroup="_frontier",
+                       line={"color": "gray", "width": 1.5, "dash": "dot"}, hoverinfo="skip")
+        )  # fmt: skip
     if x.startswith("bytes"):
         for label, limit in BYTE_LIMITS.items():
             fig.add_vline(
@@ -119,7 +203,7 @@ def scatter(df: pd.DataFrame, x: str = "params", y: str = "public_acc", frontier
     lo, hi = (max(0.0, d[y].min() - 0.05), min(1.0, d[y].max() + 0.05)) if not d.empty else (0.0, 1.0)
     fig.update_layout(
         title=title or None,
-        xaxis={"title": X_AXES.get(x, x) + " (log)", "type": "log"},
+        xaxis={"title": _x_title(df, x), "type": "log"},
         yaxis={"title": Y_AXES.get(y, y), "tickformat": ".0%", "range": [lo, hi]},
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},

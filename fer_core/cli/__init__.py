@@ -25,9 +25,9 @@ from fer_core.common import FerError
 COMMANDS = {
     **dict.fromkeys(["models", "describe"], "models"),
     **dict.fromkeys(["status", "data"], "data"),
-    **dict.fromkeys(["train", "sweep", "recipes"], "training"),
+    **dict.fromkeys(["train", "prune", "sweep", "recipes"], "training"),
     **dict.fromkeys(["export", "compare", "figures", "eval", "runs"], "runs"),
-    **dict.fromkeys(["export-onnx", "predict"], "serving"),
+    **dict.fromkeys(["export-onnx", "int8-sensitivity", "predict"], "serving"),
     **dict.fromkeys(["face-template", "eval-faces"], "faces"),
     **dict.fromkeys(["jobs", "cancel", "ray-token", "queue"], "jobs"),
     **dict.fromkeys(["reference", "study", "bench"], "studies"),
@@ -47,7 +47,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 #: commands that read the results store: each says its duplicate and damaged run folders on stderr
-STORE_COMMANDS = {"runs", "compare", "figures", "eval", "predict", "export", "export-onnx", "study", "jobs"}
+STORE_COMMANDS = {
+    "runs", "compare", "figures", "eval", "predict", "export", "export-onnx", "int8-sensitivity", "study", "jobs",
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

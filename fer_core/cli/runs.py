@@ -9,11 +9,14 @@ from pathlib import Path
 import torch
 
 from fer_core.analysis.compare import (
+    KEEPS,
     family_table,
     matched_budget_gap,
     pairwise_gaps,
     pareto_frontier,
+    pruned_vs_scratch,
     runs_frame,
+    smallest_files,
     variants_table,
 )
 from fer_core.analysis.figures import report_figures
@@ -45,6 +48,7 @@ def cmd_compare(args) -> int:
             df = df[df["recipe"] == args.recipe]
     done = df[df["status"] == "completed"] if not df.empty else df
     a, b = args.gap
+    keeps = _levels(args.keeps)
     gap = matched_budget_gap(done, y=args.y, a=a, b=b) if not done.empty else None
     fronts = {}
     for (family, data), g in done.groupby(["family", "data"]) if not done.empty else []:
@@ -61,6 +65,8 @@ def cmd_compare(args) -> int:
         "variants": variants_table(done).to_dict("records") if not done.empty else [],
         "families_at_budgets": _records(family_table(done, y=args.y)) if not done.empty else [],
         "pairwise_gaps": _records(pairwise_gaps(done, y=args.y)) if not done.empty else [],
+        "pruned_vs_scratch": _records(pruned_vs_scratch(done, y=args.y)) if not done.empty else [],
+        "smallest_files": _records(smallest_files(done, keeps, y=args.y)) if not done.empty else [],
     }
     if args.json:
         print_json(out)
@@ -80,6 +86,14 @@ def cmd_compare(args) -> int:
                 f"  {r['data']}/{r['recipe']:<8} {r['budget']:>9,.0f}  #{r['rank']} {r['family']:<13} "
                 f"{r['params']:>9,} params  {r['mean']:.4f}{sd} ({r['runs']} runs){win}"
             )
+    if out["pruned_vs_scratch"]:
+        print(f"\npruned against scratch ({args.y}; scratch: the family's seed-protocol runs at the same size):")
+        for r in out["pruned_vs_scratch"]:
+            sd = f" (scratch sd {r['scratch_sd']:.4f})" if r["scratch_sd"] is not None else ""
+            print(
+                f"  {r['run_id']:<42} {r['parent_params']:>9,} -> {r['params']:>8,} params, {r['epochs']} epochs  "
+                f"pruned {r['pruned_acc']:.4f}  scratch {r['scratch_acc_interp']:.4f}  {r['diff']:+.4f}{sd}"
+            )
     if out["variants"]:
         print("\ndeployable variants (deltas against the same network in fp32; speed-up against its torch model):")
         for v in out["variants"]:
@@ -87,11 +101,30 @@ def cmd_compare(args) -> int:
                 f"  {v['run_id']:<56} {v['bytes']:>10,} B  public {v['public_delta']:+.4f}  "
                 f"private {v['private_delta']:+.4f}  {v['latency_ms_cpu']:.3f} ms ({v['speedup_vs_torch']:.1f}x)"
             )
+    if out["smallest_files"]:
+        print(f"\nthe smallest file per family that keeps {args.y} at each level (any format):")
+        for r in out["smallest_files"]:
+            print(
+                f"  {r['data']:<9} >= {r['keeps']:.4f}  {r['family']:<13} {r['bytes']:>10,} B  {r['format']:<14} "
+                f"{r['acc']:.4f}  {r['run_id']}"
+            )
     for family, rows in fronts.items():
         print(f"\n{family} Pareto frontier ({args.x} vs {args.y}):")
         for r in rows:
             print(f"  {r['run_id']:<44} {r[args.x]:>12,.0f} {r[args.y]:.4f}")
     return 0
+
+
+def _levels(text: str) -> list[float]:
+    """--keeps: accuracies between 0 and 1, comma-separated."""
+    try:
+        levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FerError(f"--keeps {text!r}: give accuracies between 0 and 1, comma-separated (e.g. 0.6,0.62)") from None
+    bad = [v for v in levels if not 0 <= v <= 1]
+    if bad or not levels:
+        raise FerError(f"--keeps {text!r}: every level must lie between 0 and 1 (e.g. 0.6,0.62)")
+    return levels
 
 
 def _records(df) -> list[dict]:
@@ -228,6 +261,11 @@ def register(sub) -> None:
     s.add_argument(
         "--gap", nargs=2, default=["mobilenet", "cnn"], metavar=("A", "B"),
         help="the matched-budget gap's families: A minus B (default: mobilenet cnn)",
+    )  # fmt: skip
+    s.add_argument(
+        "--keeps", default=",".join(f"{v:g}" for v in KEEPS), metavar="ACC[,ACC...]",
+        help="accuracy levels for the smallest file per family that keeps each (default: "
+        + ",".join(f"{v:g}" for v in KEEPS) + ")",
     )  # fmt: skip
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)

@@ -10,9 +10,10 @@ from fer_core.serving.align import LIGHT_DEFAULT, LIGHT_MODES
 from fer_core.serving.detection import DETECTORS
 from fer_core.serving.inference import CROPS, predict
 from fer_core.serving.models import load_model
-from fer_core.serving.onnx import FORMATS
+from fer_core.serving.onnx import DEFAULT_FORMATS
 from fer_core.store.files import read_json
 from fer_core.store.runs import iter_runs, reference_dir
+from fer_core.studies.int8_sweep import int8_sensitivity
 from fer_core.studies.variants import export_variants
 
 
@@ -22,7 +23,7 @@ def cmd_export_onnx(args) -> int:
         refs += [r.run_id for r in iter_runs([reference_dir()]) if not r.summary().get("derived_from")]
     if not refs:
         raise FerError("export-onnx needs RUN arguments or --all-reference")
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) or FORMATS
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) or DEFAULT_FORMATS
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     done, failed = [], []
     for ref in refs:
@@ -34,6 +35,7 @@ def cmd_export_onnx(args) -> int:
                 out=args.out,
                 calibration_images=args.calibration_images,
                 force=args.force,
+                qat_epochs=args.qat_epochs,
                 say=say,
             )
         except FerError as e:  # one run's failure (a parity check, other data) does not stop the others
@@ -44,6 +46,14 @@ def cmd_export_onnx(args) -> int:
     if failed:
         print(f"{len(failed)} of {len(refs)} runs not exported: {', '.join(failed)}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def cmd_int8_sensitivity(args) -> int:
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    docs = [int8_sensitivity(r, args.data, args.calibration_images, args.goal, args.out, say) for r in args.runs]
+    if args.json:
+        print_json(docs)
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -85,18 +95,35 @@ def cmd_predict(args) -> int:
 
 def register(sub) -> None:
     """Add this group's commands to the top-level parser's subcommands."""
-    s = sub.add_parser("export-onnx", help="ONNX fp32/fp16/int8 variants of runs, as derived runs beside them")
+    s = sub.add_parser("export-onnx", help="ONNX fp32/fp16/int8(-qat) variants of runs, as derived runs beside them")
     s.add_argument("runs", nargs="*", metavar="RUN", help="run ids or folders")
     s.add_argument("--all-reference", action="store_true", help="every shipped reference run")
-    s.add_argument("--formats", default="fp32,fp16,int8", help="a comma-separated subset (default: fp32,fp16,int8)")
+    s.add_argument(
+        "--formats",
+        default="fp32,fp16,int8",
+        help="a comma-separated subset of fp32,fp16,int8,int8-qat (default: fp32,fp16,int8; int8-qat fine-tunes "
+        "quantization-aware: minutes per run on a CPU)",
+    )
     s.add_argument("--data", default=None, help="the parents' data: evaluation, int8 calibration (default: found)")
     s.add_argument("--out", default=None, help="where the derived runs go (default: beside each parent)")
     s.add_argument(
         "--calibration-images", type=int, default=512, help="training images that calibrate int8 (default: 512)"
     )
+    s.add_argument(
+        "--qat-epochs", type=int, default=1, help="epochs of quantization-aware fine-tuning for int8-qat (default: 1)"
+    )
     s.add_argument("--force", action="store_true", help="redo variants that exist (default: keep them)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("int8-sensitivity", help="which layers int8 costs accuracy in, and a mixed file that keeps it")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run ids or folders (trained runs)")
+    s.add_argument("--data", default=None, help="the run's data: public split to choose, private to report")
+    s.add_argument("--goal", type=float, default=0.2, help="points of public accuracy int8 may lose (default: 0.2)")
+    s.add_argument("--calibration-images", type=int, default=512, help="training images (default: 512)")
+    s.add_argument("--out", default=None, help="where RUN.json goes (default: results/int8/)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_int8_sensitivity)
 
     s = sub.add_parser("predict", help="find faces in an image and classify each with several models")
     s.add_argument("image")

@@ -14,27 +14,32 @@ from fer_core.models import count_params, solve_width
 from fer_core.store.loading import NotTrainedModel, load_torch_model
 from fer_core.store.runs import Run, find_run, runs_dir
 from fer_core.training.config import RECIPES, RunConfig, add_arguments, apply_arguments, recipe_table
+from fer_core.training.pruning import prune_config
 from fer_core.training.trainer import fit, install_cancel_handler
 
 
 def _train_config(args) -> RunConfig:
     """``train``'s config: --config FILE (or the defaults), the model flags, then every explicit flag over it."""
     cfg = base_config(args)
-    if args.model is None and not args.config and args.init:  # fine-tuning: the init run says what to build
+    parent = args.prune_from or cfg.prune.parent
+    start = parent or (args.init if args.model is None and not args.config else None)
+    if start:  # fine-tuning or pruning: the run started from says what to build
+        what = "prune.parent" if parent else "init"
         try:
-            init = load_torch_model(args.init)
+            lm = load_torch_model(start)
         except NotTrainedModel as e:
-            raise FerError(f"init: {args.init!r} {e}") from None
-        cfg.model.family, cfg.model.width = init.family, init.width
+            raise FerError(f"{what}: {start!r} {e}") from None
+        cfg.model.family, cfg.model.width = lm.family, lm.width
     elif args.model is None and not args.config:
         raise FerError("train needs --model (mobilenet or cnn), --config FILE, --init RUN or --resume RUN")
     if args.model is not None:
         cfg.model.family = args.model
     if args.width is not None:
         cfg.model.width, cfg.model.budget = args.width, None
-    if args.budget is not None:
-        cfg.model.width, _ = solve_width(cfg.model.family, args.budget)
+    if args.budget is not None:  # a pruned run keeps its parent's width: the budget is what pruning cuts it to
         cfg.model.budget = args.budget
+        if not parent:
+            cfg.model.width, _ = solve_width(cfg.model.family, args.budget)
     return apply_arguments(cfg, args).validate()
 
 
@@ -51,7 +56,9 @@ class _Progress:
         if e["type"] == "start":
             src = "SYNTHETIC faces" if e.get("data_synthetic") else e.get("data")
             print(
-                f"run {e['run_id']}: {e['family']} w{e['width']:g}, {e['params']:,} params, "
+                f"run {e['run_id']}: {e['family']} w{e['width']:g}, {e['params']:,} params"
+                + (f" pruned to {e['budget']:,.0f} from {e['pruned_from']}" if e.get("pruned_from") else "")
+                + ", "
                 f"data {src}, device {e['device']}",
                 file=sys.stderr,
             )
@@ -83,8 +90,12 @@ def cmd_train(args) -> int:
             sys.stdout.write(cfg.to_json())
             return 0
         run = None
+    return _train_and_report(cfg, args, run)
+
+
+def _train_and_report(cfg: RunConfig, args, run: Run | None) -> int:
     root = Path(args.out) if args.out else runs_dir()
-    summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=bool(args.resume), root=root)
+    summary = fit(cfg, on_event=_Progress(args.quiet), run=run, resume=run is not None, root=root)
     run = run or Run(root / summary["run_id"])
     if args.json:
         print_json(summary)
@@ -98,6 +109,18 @@ def cmd_train(args) -> int:
             )
         print(run.path)
     return 0 if summary["status"] == "completed" else 1
+
+
+def cmd_prune(args) -> int:
+    """``prune RUN --budget N``: whole channels out of a trained run until it has N parameters, fine-tuned; a
+    new run whose lineage names its parent."""
+    install_cancel_handler()
+    cfg = prune_config(args.parent, args.budget, args.importance, args.steps)
+    cfg = apply_arguments(cfg, args).validate()
+    if args.print_config:
+        sys.stdout.write(cfg.to_json())
+        return 0
+    return _train_and_report(cfg, args, None)
 
 
 def cmd_sweep(args) -> int:
@@ -159,6 +182,25 @@ def register(sub) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the final summary as JSON")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "prune",
+        help="cut whole channels out of a trained run until it has --budget parameters, fine-tune it",
+        description="Structured pruning (Torch-Pruning): every layer loses the same share of its channels until "
+        "the network has the budget (within 5%%), in --steps steps spread over the first half of the epochs, "
+        "fine-tuning between and after them with the parent's own settings (30 epochs, cosine schedule, unless "
+        "flags say otherwise). The result is a new run with its lineage (parent, criterion, steps, epochs).",
+    )
+    s.add_argument("parent", metavar="RUN", help="the trained run to prune (id, folder or weights file)")
+    s.add_argument("--budget", type=number, required=True, help="parameters after pruning (e.g. 5e4)")
+    s.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "taylor"), help="which channels go")
+    s.add_argument("--steps", type=int, default=1, help="pruning steps, fine-tuning between them (default: 1)")
+    add_arguments(s, exclude=("prune.parent", "prune.importance", "prune.steps", "init"))
+    s.add_argument("--print-config", action="store_true", help="print the resulting config as JSON; train nothing")
+    s.add_argument("--out", default=None, help="runs folder (default: $FER_RUNS or results/runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("sweep", help="several runs: families x budgets (or widths) x seeds")
     s.add_argument("--models", default="mobilenet,cnn", help="comma-separated families (default: mobilenet,cnn)")

@@ -39,23 +39,28 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 
     Padding is by border replication, so rotated faces do not get black corners.
     """
-    n = x.shape[0]
-    dev = x.device
+    return warp(x, draw_affine(x.shape[0], cfg, x.device, generator).to(x.dtype))
+
+
+def draw_affine(n: int, cfg: AugmentConfig, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` random views as output->input sampling matrices (n, 2, 3): what :func:`augment_batch` draws, kept
+    apart so that a view can be stored and replayed (distillation's cached teacher outputs)."""
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(n, device=dev, generator=generator).mul_(hi - lo).add_(lo)
+        return torch.rand(n, device=device, generator=generator).mul_(hi - lo).add_(lo)
 
     angle = uniform(-cfg.degrees, cfg.degrees) * (math.pi / 180)
     scale = uniform(*cfg.scale)
     tx, ty = uniform(-cfg.translate, cfg.translate) * 2, uniform(-cfg.translate, cfg.translate) * 2
-    flip = torch.where(torch.rand(n, device=dev, generator=generator) < cfg.flip, -1.0, 1.0)
+    flip = torch.where(torch.rand(n, device=device, generator=generator) < cfg.flip, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    # output->input sampling matrix: rotate+scale, with the x column negated for a flip
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)],
-        1,
-    ).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # rotate+scale, with the x column negated for a flip
+    return torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image of a float batch (N, C, H, W) seen through its view (N, 2, 3): bilinear, border padding."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

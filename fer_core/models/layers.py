@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer_core.common import FerError
+
 #: Channel counts are rounded to multiples of this. 4 (not the usual 8) keeps the width grid fine enough
 #: to match small parameter budgets, and still gives the seed's exact 64/128/256/100 at width 1.0.
 DIVISOR = 4
@@ -25,3 +27,46 @@ def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: i
         nn.BatchNorm2d(cout),
         act if act is not None else nn.ReLU(inplace=True),
     )
+
+
+def fit_shapes(model: nn.Module, state: dict) -> nn.Module:
+    """Resize ``model``'s layers in place to the channel counts of ``state`` (a structurally pruned network's
+    state dict), so that it loads: the weights say every count, and a depthwise conv stays depthwise.
+
+    A pruned run saves nothing but its state dict: rebuilding its family at the parent's width and then
+    fitting it here gives the same network, with no pickled module to trust.
+    """
+    for name, module in list(model.named_modules()):
+        w = state.get(f"{name}.weight" if name else "weight")
+        if w is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            out, per_group = int(w.shape[0]), int(w.shape[1])
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            if module.groups > 1 and not depthwise:
+                raise FerError(f"{name}: a grouped convolution that is not depthwise cannot be resized")
+            groups, cin = (out, out) if depthwise else (1, per_group)
+            if depthwise and per_group != 1:
+                raise FerError(f"{name}: a depthwise convolution's weights have {per_group} inputs per filter")
+            new = nn.Conv2d(
+                cin,
+                out,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                groups,
+                module.bias is not None,
+                module.padding_mode,
+            )
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(int(w.shape[1]), int(w.shape[0]), module.bias is not None)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            new = type(module)(int(w.shape[0]), module.eps, module.momentum, module.affine, module.track_running_stats)
+        else:
+            continue
+        if tuple(new.weight.shape) == tuple(module.weight.shape):
+            continue
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], new)
+    return model

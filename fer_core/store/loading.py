@@ -16,6 +16,7 @@ from torch import nn
 
 from fer_core.common import NUM_CLASSES, FerError
 from fer_core.models import WIDTH_RANGE, create_model, list_models
+from fer_core.models.layers import fit_shapes
 from fer_core.store.files import load_weights_file
 from fer_core.store.runs import Run, find_run, reference_dir
 
@@ -104,6 +105,8 @@ def load_torch_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
         family, width = _infer_arch(payload["state_dict"])
     model = create_model(family, width, int((mcfg or {}).get("num_classes", NUM_CLASSES)))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    if (mcfg or {}).get("pruned"):  # structurally pruned: the weights give every layer's channel count
+        model = fit_shapes(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

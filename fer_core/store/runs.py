@@ -290,6 +290,7 @@ def table(dirs: list[Path] | None = None):
         {
             **{k: v for k, v in s.items() if not isinstance(v, (dict, list))},
             "lineage": lineage_text(s),
+            "prune_steps": ((s.get("lineage") or {}).get("prune") or {}).get("steps"),
             "format": s.get("format") or "torch",
             "bytes": s.get("bytes") or s.get("bytes_fp16"),
         }
@@ -305,7 +306,8 @@ def table(dirs: list[Path] | None = None):
 
 
 def lineage_text(s: dict) -> str:
-    """One line on where a run came from: its recipe, teachers (with their private accuracy), init run."""
+    """One line on where a run came from: its recipe, teachers (with their private accuracy), init run, the
+    run it was pruned from."""
     lin = s.get("lineage") or {}
     parts = [f"recipe {s.get('recipe') or lin.get('recipe') or 'seed'}"]
     for t in lin.get("teachers") or []:
@@ -321,6 +323,14 @@ def lineage_text(s: dict) -> str:
     if init:
         acc = init.get("private_acc")
         parts.append(f"fine-tuned from {init['run_id']}" + (f" (private {acc:.4f})" if isinstance(acc, float) else ""))
+    prune = lin.get("prune")
+    if prune:
+        parent, acc = prune["parent"], prune["parent"].get("private_acc")
+        parts.append(
+            f"pruned from {parent['run_id']} ({parent.get('params') or 0:,} params"
+            + (f", private {acc:.4f}" if isinstance(acc, float) else "")
+            + f"; {prune['importance']}, {prune['steps']} step{'s' if prune['steps'] > 1 else ''})"
+        )
     return " · ".join(parts)
 
 

@@ -208,6 +208,8 @@ def export_run(run: Run, dest: Path, weights: str = "fp16") -> Path:
     distill["teachers"] = [_run_id_of(t) for t in distill.get("teachers") or []]
     if cfg.get("init"):
         cfg["init"] = _run_id_of(cfg["init"])
+    if (cfg.get("prune") or {}).get("parent"):
+        cfg["prune"]["parent"] = _run_id_of(cfg["prune"]["parent"])
     atomic_write_json(out / "config.json", cfg)
     s = {k: v for k, v in s.items() if k not in ("source", "path", "pid", "host", "heartbeat")}
     if weights != "none" and run.weights_file.is_file():

@@ -1,6 +1,6 @@
 """Deployable variants of a run as derived runs: ``python -m fer_core export-onnx RUN``.
 
-Each format (fp32, fp16, int8; :mod:`fer_core.serving.onnx` makes the files) is checked against the torch
+Each format (fp32, fp16, int8, int8-qat; :mod:`fer_core.serving.onnx` makes the files) is checked against the torch
 model on training faces (printed and enforced), evaluated on the public and private splits through ONNX
 Runtime, timed on this CPU, and written in one go beside its parent::
 
@@ -27,17 +27,20 @@ from fer_core.models.stats import cpu_latency_ms
 from fer_core.serving.models import load_model
 from fer_core.serving.onnx import (
     CALIBRATION_IMAGES,
+    DEFAULT_FORMATS,
     FORMATS,
     INPUT_NOTE,
     OPSET,
     PARITY_FACES,
     OrtModel,
     check_parity,
+    fold_batchnorm,
     latency_ms,
     need_onnx,
     ort_session,
     parity,
     parse_onnx,
+    qat_to_onnx,
     quantize_int8,
     set_onnx_meta,
     to_onnx,
@@ -45,7 +48,10 @@ from fer_core.serving.onnx import (
 )
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import find_run
+from fer_core.training.config import RunConfig
+from fer_core.training.device import resolve_device
 from fer_core.training.evaluation import evaluate_logits
+from fer_core.training.qat import QAT_EPOCHS, finetune_qat, qat_settings
 
 
 def variant_id(parent_id: str, fmt: str) -> str:
@@ -54,11 +60,12 @@ def variant_id(parent_id: str, fmt: str) -> str:
 
 def export_variants(
     ref: str,
-    formats: tuple[str, ...] = FORMATS,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
     data: str | None = None,
     out: str | Path | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
     force: bool = False,
+    qat_epochs: int = QAT_EPOCHS,
     say=print,
 ) -> list[Path]:
     """Export run ``ref`` to each of ``formats`` as derived runs; return their folders.
@@ -68,10 +75,13 @@ def export_variants(
             the usual way); it must be the parent's data (same fingerprint), else nothing is written.
         out: where the derived folders go (default: beside the parent).
         force: replace existing variants (default: keep them and say so).
+        qat_epochs: epochs of quantization-aware fine-tuning for ``int8-qat`` (on the training split).
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise FerError(f"unknown format {bad[0]!r}: choose from {', '.join(FORMATS)}")
+    if "int8-qat" in formats and qat_epochs < 0:
+        raise FerError(f"--qat-epochs {qat_epochs}: give 0 (calibration only) or more epochs")
     need_onnx()
     lm = load_model(ref)
     if lm.run_id is None:
@@ -117,22 +127,28 @@ def export_variants(
             blob = fp32
         elif fmt == "fp16":
             blob = weights_to_fp16(fp32)
-        else:
+        elif fmt == "int8":
             blob, settings = quantize_int8(fp32, fd.train_x[calib_idx])
             settings["calibration"] = {
                 "split": "train",
                 "images": int(len(calib_idx)),
                 "sampling": "uniform without replacement, seed 0",
             }
+        else:
+            blob, settings = _qat(lm, fd, meta, qat_epochs, parity_faces, say)
         proto = parse_onnx(blob)
         set_onnx_meta(proto, {"variant": f"onnx-{fmt}"})
         blob = proto.SerializeToString()
         runner = ort_session(blob)
         par = parity(lm.model, runner, parity_faces)
-        why = check_parity(fmt, par)
+        # a fine-tuned file is checked against the network it was fine-tuned into (its agreement with the parent
+        # is recorded, not required: fine-tuning moves a weak parent's close calls)
+        checked = settings.get("parity_with_fine_tuned_network", par)
+        why = check_parity(fmt, checked)
         say(
             f"{variant_id(lm.run_id, fmt)}: parity on {par['faces']} training faces: max probability difference "
             f"{par['max_prob_diff']:.2e}, top-1 agreement {par['top1_agreement']:.4f}"
+            + (f" (with the fine-tuned network: {checked['top1_agreement']:.4f})" if checked is not par else "")
             + (f"  FAILED: {why}" if why else "")
         )
         if why:
@@ -149,6 +165,27 @@ def export_variants(
         )
         written.append(folder)
     return written
+
+
+def _qat(lm, fd, meta: dict, epochs: int, parity_faces: np.ndarray, say) -> tuple[bytes, dict]:
+    """The int8 file of quantization-aware fine-tuning (seed 0, the parent's augmentation), and its settings with
+    the epochs' history and how closely the file follows the fine-tuned network."""
+    try:
+        cfg = RunConfig.from_dict(find_run(lm.run_id).config())
+    except FerError:  # no config, or one this version no longer reads: the default augmentation
+        cfg = RunConfig()
+    aug = cfg.data.aug if cfg.data.augment else None
+    device = resolve_device("auto")
+    parent = lm.model.float().eval().to(device)
+    x, y = torch.from_numpy(fd.train_x), torch.from_numpy(fd.train_y).long()
+    say(f"{variant_id(lm.run_id, 'int8-qat')}: {epochs} epoch(s) of quantization-aware fine-tuning on {device}")
+    net, history = finetune_qat(parent, fold_batchnorm(parent).to(device), x, y, aug, epochs=epochs, say=say)
+    lm.model.cpu()
+    net = net.cpu()
+    blob = qat_to_onnx(net, meta)
+    settings = {**qat_settings(epochs), "seed": 0, "device": str(device), "history": history}
+    settings["parity_with_fine_tuned_network"] = parity(net, ort_session(blob), parity_faces)
+    return blob, settings
 
 
 def _evaluate(runner: OrtModel, fd) -> dict:
@@ -168,7 +205,8 @@ def _write_variant(root, lm, parent, fmt, blob, evals, base, par, settings, ort_
     rid = variant_id(lm.run_id, fmt)
     keep = (
         "family width params macs seed recipe epochs epochs_done data data_kind data_file data_fingerprint "
-        "data_synthetic data_sizes lineage teacher teacher_private_acc init_run distilled"
+        "data_synthetic data_sizes lineage teacher teacher_private_acc init_run distilled pruned_from"
+        " prune_importance"
     ).split()
     summary = {k: parent[k] for k in keep if k in parent}
     summary.update(

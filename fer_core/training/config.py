@@ -31,6 +31,8 @@ from fer_core.data.augment import AugmentConfig
 from fer_core.models import WIDTH_RANGE, list_models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: the pruning criteria (fer_core.training.pruning.IMPORTANCES: that module imports the library, this one not)
+PRUNE_IMPORTANCES = ("l1", "l2", "bn", "taylor")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -78,6 +80,14 @@ class DistillConfig:
     teachers: list[str] = field(default_factory=list)  # run ids, run folders or weights files; none = no distillation
     temperature: float = 4.0  # softens teacher and student probabilities in the distillation term
     alpha: float = 0.9  # weight of the distillation term; 1 - alpha stays on the labels
+    views: int = 0  # >0: teacher outputs computed once for this many augmented views per image, replayed; 0 = live
+
+
+@dataclass
+class PruneConfig:
+    parent: str | None = None  # prune this trained run (id, folder or file) to --budget parameters; none = no pruning
+    importance: str = "l1"  # which channels go: l1 | l2 (weight norms), bn (BatchNorm scale), taylor (|w x grad|)
+    steps: int = 1  # pruning steps, spread over the first half of the epochs, fine-tuning between them
 
 
 @dataclass
@@ -86,6 +96,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     init: str | None = None  # start from this run's weights (same family and width): fine-tuning
     recipe: str = "seed"  # the named recipe these settings started from (see RECIPES)
 
@@ -162,6 +173,19 @@ class RunConfig:
         need(k.temperature > 0, "distill.temperature", "must be positive")
         need(0 <= k.alpha <= 1, "distill.alpha", "must lie in [0, 1]")
         need(all(isinstance(r, str) and r.strip() for r in k.teachers), "distill.teachers", "needs run references")
+        need(k.views >= 0, "distill.views", "must be 0 (the teachers see every batch) or a number of views")
+        if k.views:
+            need(bool(k.teachers), "distill.views", "replays teachers' outputs: give distill.teachers")
+            need(t.mixup == 0 and t.cutmix == 0, "distill.views", "cannot replay a mixed batch: set mixup and cutmix 0")
+            need(d.aug.photometric == 0, "distill.views", "replays the geometric views only: set photometric 0")
+        p = self.prune
+        need(p.importance in PRUNE_IMPORTANCES, "prune.importance", f"choose one of {', '.join(PRUNE_IMPORTANCES)}")
+        need(p.steps >= 1, "prune.steps", "must be at least 1")
+        if p.parent is not None:
+            need(isinstance(p.parent, str) and bool(p.parent.strip()), "prune.parent", "needs a run reference")
+            need(m.budget is not None, "model.budget", "pruning needs a parameter budget (--budget N)")
+            need(p.steps <= t.epochs, "prune.steps", f"one step per epoch at most ({t.epochs} epochs)")
+            need(self.init is None, "init", "a pruned run starts from its parent: give prune.parent or init, not both")
         need(self.recipe in RECIPES, "recipe", f"unknown recipe; choose one of {', '.join(RECIPES)}")
         return self
 
@@ -362,7 +386,15 @@ def _field_docs(cls) -> dict[str, str]:
 
 #: config fields the command line sets by another flag, or not at all
 _NO_FLAG = {"model.family", "model.width", "model.budget", "recipe"}
-_FLAG_NAMES = {"distill.teachers": "teacher", "distill.alpha": "kd_alpha", "distill.temperature": "temperature"}
+_FLAG_NAMES = {
+    "prune.parent": "prune_from",
+    "prune.importance": "prune_importance",
+    "prune.steps": "prune_steps",
+    "distill.teachers": "teacher",
+    "distill.alpha": "kd_alpha",
+    "distill.temperature": "temperature",
+    "distill.views": "teacher_views",
+}
 
 
 def _flag_fields() -> list[tuple[str, type, object, str]]:

@@ -29,15 +29,16 @@ from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.data.dataset import SPLITS, FerData
 from fer_core.data.sources import load
 from fer_core.models import create_model, solve_width
+from fer_core.models.layers import fit_shapes
 from fer_core.models.stats import model_stats
 from fer_core.store.files import atomic_torch_save, atomic_write_json, read_json, weights_payload
-from fer_core.store.loading import NotTrainedModel, load_torch_model
 from fer_core.store.runs import Run
 from fer_core.training.config import RunConfig
 from fer_core.training.device import device_name, resolve_device
 from fer_core.training.engine import (
     EMA,
     GraphedStep,
+    ReplayedTeachers,
     Step,
     Teachers,
     lr_at,
@@ -47,6 +48,8 @@ from fer_core.training.engine import (
     train_one_epoch,
 )
 from fer_core.training.evaluation import Evaluation, evaluate, memory_format
+from fer_core.training.lineage import lineage_fields, load_lineage
+from fer_core.training.pruning import prune_to, schedule, step_targets
 
 Event = dict
 OnEvent = Callable[[Event], None]
@@ -67,72 +70,9 @@ def install_cancel_handler() -> None:
 
 def build_model(cfg: RunConfig) -> nn.Module:
     """The model a config describes (solving a parameter budget into a width first, if one is set)."""
-    if cfg.model.budget:
+    if cfg.model.budget and not cfg.prune.parent:  # a pruned run keeps its parent's width, cut to the budget
         cfg.model.width, _ = solve_width(cfg.model.family, cfg.model.budget)
     return create_model(cfg.model.family, cfg.model.width, dropout=cfg.model.dropout)
-
-
-# --------------------------------------------------------------------------------------------------- lineage
-
-
-def _lineage_entry(lm) -> dict:
-    s = lm.summary
-    return {
-        "run_id": lm.run_id or lm.name,
-        "family": lm.family,
-        "width": lm.width,
-        "params": s.get("params") or sum(p.numel() for p in lm.model.parameters()),
-        "public_acc": s.get("public_acc"),
-        "private_acc": s.get("private_acc"),
-        "data_fingerprint": s.get("data_fingerprint"),
-    }
-
-
-def load_lineage(cfg: RunConfig) -> tuple[list, object | None, dict]:
-    """Load the teachers and the init run a config names (before any data loads: a bad name fails fast).
-
-    Returns (teacher models, init model or None, lineage record for the summary).
-    """
-
-    def load(ref: str, what: str):
-        try:
-            return load_torch_model(ref)
-        except NotTrainedModel as e:  # an ONNX variant: nothing to train from or distil with
-            raise FerError(f"{what} {ref!r} {e}") from None
-        except FerError as e:
-            raise FerError(f"{what} {ref!r}: {e}") from None
-
-    teachers = [load(ref, "distill.teachers:") for ref in cfg.distill.teachers]
-    init = load(cfg.init, "init:") if cfg.init else None
-    if init is not None:
-        if init.family != cfg.model.family or abs(init.width - cfg.model.width) > 1e-9:
-            raise FerError(
-                f"init: {cfg.init} is a {init.family} of width {init.width:g}, but this run trains a "
-                f"{cfg.model.family} of width {cfg.model.width:g} (fine-tuning needs the same family and width)"
-            )
-    lineage = {
-        "recipe": cfg.recipe,
-        "teachers": [_lineage_entry(t) for t in teachers],
-        "distill": {"temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha} if teachers else None,
-        "init": _lineage_entry(init) if init else None,
-    }
-    return teachers, init, lineage
-
-
-def lineage_fields(lineage: dict) -> dict:
-    """Flat summary fields for tables and hovers: who taught this run and where it started."""
-    teachers = lineage.get("teachers") or []
-    return {
-        "lineage": lineage,
-        "distilled": bool(teachers),
-        "teacher": " + ".join(t["run_id"] for t in teachers) or None,
-        "teacher_private_acc": (
-            round(float(np.mean([t["private_acc"] for t in teachers])), 6)
-            if teachers and all(isinstance(t.get("private_acc"), float) for t in teachers)
-            else None
-        ),
-        "init_run": (lineage.get("init") or {}).get("run_id"),
-    }
 
 
 # --------------------------------------------------------------------------------------------------- phases
@@ -162,7 +102,7 @@ class _Trainer:
     device: torch.device
     model: nn.Module
     base: dict  # what the summary says about the run before it trains
-    teachers: Teachers | None = None
+    teachers: Teachers | ReplayedTeachers | None = None
     ema: EMA | None = None
     opt: object = None
     step: Step | None = None
@@ -171,6 +111,8 @@ class _Trainer:
     best: _Best = field(default_factory=_Best)
     best_ema: _Best = field(default_factory=_Best)
     start_epoch: int = 0
+    prune_at: list[int] = field(default_factory=list)  # epochs at whose start a pruning step happens
+    prune_targets: list[int] = field(default_factory=list)  # parameters after each of those steps
     wall_before: float = 0.0
     t_start: float = 0.0
     train_time: float = 0.0
@@ -182,7 +124,7 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
     t_start = time.time()
     cfg.validate()
     device = resolve_device(cfg.train.device)
-    teacher_models, init, lineage = load_lineage(cfg)
+    teacher_models, start, lineage = load_lineage(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
@@ -194,8 +136,10 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
-    if init is not None:
-        model.load_state_dict(init.model.state_dict())
+    if start is not None:  # the init run's or the pruned parent's weights (a pruned parent: its shapes first)
+        state = start.model.state_dict()
+        model = fit_shapes(model, state)  # a no-op unless the start was pruned
+        model.load_state_dict(state)
     stats = model_stats(model)
     model = model.to(device).to(memory_format=memory_format(device))
     if run is None:  # only now: a bad teacher, init run or data path leaves no empty run folder behind
@@ -231,6 +175,9 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         "allocator": {k: v for k, v in tune_allocator().items() if k != "env"},
     }
     tr = _Trainer(cfg=cfg, run=run, data=data, device=device, model=model, base=base, t_start=t_start)
+    if cfg.prune.parent:
+        tr.prune_at = schedule(t.epochs, cfg.prune.steps)
+        tr.prune_targets = step_targets(stats["params"], cfg.model.budget, cfg.prune.steps)
     for s in ("train", "public"):
         x, y = data.split(s)
         tr.x[s] = (torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
@@ -238,6 +185,13 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         for lm in teacher_models:
             lm.model.to(device).to(memory_format=memory_format(device))
         tr.teachers = Teachers([lm.model for lm in teacher_models], cfg.distill.temperature)
+        if cfg.distill.views and cfg.distill.alpha > 0:  # their outputs once per stored view, then replayed
+            t0 = time.perf_counter()
+            tr.teachers = ReplayedTeachers(tr.teachers, tr.x["train"][0], cfg, device)
+            seconds = round(time.perf_counter() - t0, 2)
+            run.update_summary(
+                teacher_replay={"views": tr.teachers.views, "forwards": tr.teachers.forwards, "seconds": seconds}
+            )
     if t.ema_decay > 0:
         tr.ema = EMA(model, t.ema_decay)
     started = (read_json(run.summary_file) or {}).get("started", t_start)  # a resumed run keeps its start
@@ -255,6 +209,10 @@ def _load_checkpoint(tr: _Trainer) -> dict | None:
         if ck.get("ema") is not None:
             tr.best_ema = _Best(ck["best_ema_acc"], ck["best_ema_epoch"], ck["best_ema_state"])
     tr.run.truncate_metrics(tr.start_epoch)
+    if ck is not None and any(v.shape != ck["model"][k].shape for k, v in tr.model.state_dict().items()):
+        tr.model = fit_shapes(tr.model, ck["model"]).to(memory_format=memory_format(tr.device))  # pruned before
+        tr.ema = EMA(tr.model, tr.cfg.train.ema_decay) if tr.ema is not None else None
+        tr.run.update_summary(**model_stats(tr.model))
     return ck
 
 
@@ -311,9 +269,28 @@ def _checkpoint(tr: _Trainer, epoch: int, elapsed: float) -> None:
     )
 
 
+def _prune_step(tr: _Trainer, epoch: int) -> None:
+    """Cut the network to this step's parameter count, then give it a fresh optimizer (and average)."""
+    i = tr.prune_at.index(epoch)
+    x, y = tr.x["train"]
+    model = prune_to(tr.model, tr.prune_targets[i], tr.cfg.prune.importance, (x, y))
+    tr.model = model.to(memory_format=memory_format(tr.device))
+    if tr.ema is not None:
+        tr.ema = EMA(tr.model, tr.cfg.train.ema_decay)
+    tr.step = None
+    _build_step(tr)
+    stats = model_stats(tr.model)
+    tr.base.update(stats)
+    tr.run.update_summary(**stats, prune_steps_done=i + 1)
+
+
 def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
     """Train one epoch, evaluate on the public split (raw and EMA weights), record, checkpoint."""
     cfg = tr.cfg
+    if epoch in tr.prune_at:
+        _prune_step(tr, epoch)
+    # the run's network is the one after the last pruning step: earlier epochs do not compete for the best
+    competes = epoch >= (tr.prune_at[-1] if tr.prune_at else 0)
     lr = lr_at(cfg, epoch)
     set_lr(tr.opt, lr)
     t0, faults0 = time.perf_counter(), page_faults()
@@ -326,11 +303,13 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
     tr.train_time += t_train
     tr.images += n
     ev = evaluate(tr.model, *tr.x["public"], cfg.train.eval_batch_size)
-    tr.best.offer(ev.accuracy, epoch, tr.model)
+    if competes:
+        tr.best.offer(ev.accuracy, epoch, tr.model)
     ema_acc = None
     if tr.ema is not None:
         ema_acc = evaluate(tr.ema.model, *tr.x["public"], cfg.train.eval_batch_size).accuracy
-        tr.best_ema.offer(ema_acc, epoch, tr.ema.model)
+        if competes:
+            tr.best_ema.offer(ema_acc, epoch, tr.ema.model)
     epoch_s = time.perf_counter() - t0
     elapsed = tr.wall_before + time.time() - tr.t_start
     row = {
@@ -340,6 +319,7 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
         "public_acc": ev.accuracy,
         "public_loss": ev.loss,
         **({"public_acc_ema": ema_acc} if ema_acc is not None else {}),
+        **({"params": tr.base["params"]} if tr.prune_at else {}),
         "lr": lr,
         "img_per_s": round(n / t_train, 1) if t_train > 0 else None,
         "page_faults_per_step": None if faults is None else round(faults, 1),
@@ -385,6 +365,10 @@ def _finish(tr: _Trainer, epoch: int) -> dict:
     ev = _evaluate_selected(tr, best.state, flip_tta=True)  # leaves the chosen weights in the model
     state_cpu = {k: v.detach().cpu().contiguous() for k, v in tr.model.state_dict().items()}
     model_cfg = {"family": cfg.model.family, "width": cfg.model.width, "num_classes": NUM_CLASSES}
+    with torch.device("meta"):
+        fresh = create_model(cfg.model.family, cfg.model.width).state_dict()
+    if any(fresh[k].shape != v.shape for k, v in state_cpu.items()):  # pruned (or fine-tuned from a pruned run)
+        model_cfg["pruned"] = True  # channel counts differ from the width's: the loader fits them to the weights
     payload = weights_payload(
         state_cpu,
         {**model_cfg, "dropout": cfg.model.dropout},
