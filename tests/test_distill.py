@@ -187,6 +187,40 @@ def test_a_replayed_distillation_trains_and_says_what_its_teacher_cost(synthetic
     assert s["teacher_replay"]["views"] == 2 and s["teacher_replay"]["forwards"] == 2 * 2000
     saved = json.loads((find_run(s["run_id"]).path / "config.json").read_text())
     assert saved["distill"]["views"] == 2
+    assert s["teacher_replay"]["cached"] is False
+
+
+def test_a_second_student_of_the_same_teachers_reads_their_table_instead_of_paying_again(synthetic, teacher, tmp_path):
+    from fer_core.store.loading import load_torch_model
+    from fer_core.training.engine import ReplayedTeachers, Teachers
+
+    cfg = _student(teacher["run_id"])
+    cfg.distill.views, cfg.data.augment = 2, True
+    live = Teachers([load_torch_model(teacher["run_id"]).model], cfg.distill.temperature)
+    x = torch.from_numpy(synthetic.split("train")[0][:200].copy())
+    first = ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path)
+    (table,) = tmp_path.glob("*.pt")
+    again = ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path)
+    assert first.forwards == 400 and again.forwards == 0 and torch.equal(again.probs, first.probs)
+    # anything the table depends on makes another: the seed (other views), the temperature, the images
+    cfg.train.seed = 1
+    assert ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path).forwards == 400
+    live.temperature = 2.0
+    assert ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path).forwards == 400
+    assert ReplayedTeachers(live, x[:100], cfg, torch.device("cpu"), cache=tmp_path).forwards == 200
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    # a damaged table is computed again and rewritten
+    cfg.train.seed, live.temperature = 0, cfg.distill.temperature
+    table.write_bytes(b"not a tensor")
+    fixed = ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path)
+    assert fixed.forwards == 400 and torch.allclose(fixed.probs, first.probs, atol=1e-6)
+    assert ReplayedTeachers(live, x, cfg, torch.device("cpu"), cache=tmp_path).forwards == 0
+
+    # through fit: the second student's summary says its teachers cost nothing
+    a = fit(cfg.validate(), data=synthetic)
+    b = fit(cfg, data=synthetic)
+    assert a["teacher_replay"]["cached"] is False and a["teacher_replay"]["forwards"] > 0
+    assert b["teacher_replay"] == {**b["teacher_replay"], "cached": True, "forwards": 0}
 
 
 @pytest.mark.parametrize(

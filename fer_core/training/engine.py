@@ -10,7 +10,10 @@ the graph-safe generator; the learning rate is a device tensor the schedule fill
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,10 +128,21 @@ class ReplayedTeachers:
     on every step (with E epochs, E / views times fewer teacher passes).
 
     The views come from their own generator (the run's seed), so a resumed run rebuilds the same table. Without
-    augmentation there is one view per image: the image itself.
+    augmentation there is one view per image: the image itself. Given ``cache`` (a folder), the table is kept
+    there under a key of everything it depends on (the teachers' weights, the temperature, the images, the
+    views' settings and seed, the device type): a resumed run, or another student of the same teachers with
+    the same seed and views, reads it instead of paying the teachers again (``forwards`` is then 0).
     """
 
-    def __init__(self, teachers: Teachers, x_all: torch.Tensor, cfg: RunConfig, device, batch_size: int = 1024):
+    def __init__(
+        self,
+        teachers: Teachers,
+        x_all: torch.Tensor,
+        cfg: RunConfig,
+        device,
+        batch_size: int = 1024,
+        cache: Path | None = None,
+    ):
         n, views = len(x_all), cfg.distill.views if cfg.data.augment else 1
         g = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + 17)
         if cfg.data.augment:
@@ -136,6 +150,11 @@ class ReplayedTeachers:
         else:
             self.theta = None
         self.views, self.x_all = views, x_all
+        file = cache / f"{self._key(teachers, cfg, views, device)}.pt" if cache else None
+        self.probs = _read_table(file, (n, views, NUM_CLASSES), device)
+        self.forwards = 0
+        if self.probs is not None:
+            return
         self.probs = torch.empty(n, views, NUM_CLASSES, device=device)
         for k in range(views):
             for i in range(0, n, batch_size):
@@ -144,6 +163,18 @@ class ReplayedTeachers:
                 with autocast(device):
                     self.probs[idx, k] = teachers(x.contiguous(memory_format=memory_format(device))).float()
         self.forwards = n * views
+        if file is not None:
+            _write_table(file, self.probs)
+
+    def _key(self, teachers: Teachers, cfg: RunConfig, views: int, device) -> str:
+        h = hashlib.sha256(f"{TABLE_VERSION}|{teachers.temperature}|{views}|{cfg.train.seed}".encode())
+        h.update(f"{cfg.data.augment}|{cfg.data.aug}|{torch.device(device).type}".encode())
+        for m in teachers.models:
+            for name, v in m.state_dict().items():
+                h.update(name.encode())
+                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(self.x_all.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:32]
 
     def _warp(self, idx: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         x = normalize(self.x_all[idx])
@@ -154,6 +185,35 @@ class ReplayedTeachers:
         epoch seeds), and the teachers' probabilities for those views."""
         k = torch.randint(self.views, (len(idx),), device=idx.device)
         return self._warp(idx, k), self.probs[idx, k]
+
+
+#: Changes when the replayed table's contents change meaning (its cache key includes it).
+TABLE_VERSION = 1
+
+
+def _read_table(file: Path | None, shape: tuple, device) -> torch.Tensor | None:
+    """A cached teachers' table, or None when there is none (or it is damaged or of another shape: recomputed)."""
+    if file is None or not file.is_file():
+        return None
+    try:
+        probs = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed and overwritten, never an error
+        return None
+    if not isinstance(probs, torch.Tensor) or tuple(probs.shape) != shape or probs.dtype != torch.float32:
+        return None
+    return probs.to(device)
+
+
+def _write_table(file: Path, probs: torch.Tensor) -> None:
+    """Written beside and renamed, so a run stopped mid-write leaves no half table; a full disk only costs the
+    next run the teachers' pass again."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(probs.cpu(), tmp)
+        os.replace(tmp, file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------- weights

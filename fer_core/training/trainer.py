@@ -27,7 +27,7 @@ from torch import nn
 from fer_core.common import NUM_CLASSES, VERSION, DiskFull, FerError
 from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.data.dataset import SPLITS, FerData
-from fer_core.data.sources import load
+from fer_core.data.sources import cache_dir, load
 from fer_core.models import create_model, solve_width
 from fer_core.models.layers import fit_shapes
 from fer_core.models.stats import model_stats
@@ -187,11 +187,14 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         tr.teachers = Teachers([lm.model for lm in teacher_models], cfg.distill.temperature)
         if cfg.distill.views and cfg.distill.alpha > 0:  # their outputs once per stored view, then replayed
             t0 = time.perf_counter()
-            tr.teachers = ReplayedTeachers(tr.teachers, tr.x["train"][0], cfg, device)
+            replay = ReplayedTeachers(tr.teachers, tr.x["train"][0], cfg, device, cache=cache_dir() / "teacher-views")
             seconds = round(time.perf_counter() - t0, 2)
-            run.update_summary(
-                teacher_replay={"views": tr.teachers.views, "forwards": tr.teachers.forwards, "seconds": seconds}
-            )
+            # what the teachers cost the run: their pass, or none where an earlier run of the same teachers, seed and
+            # views left the table (cached); a resumed run keeps what its first start said
+            if not (read_json(run.summary_file) or {}).get("teacher_replay"):
+                cost = {"forwards": replay.forwards, "seconds": seconds, "cached": replay.forwards == 0}
+                run.update_summary(teacher_replay={"views": replay.views, **cost})
+            tr.teachers = replay
     if t.ema_decay > 0:
         tr.ema = EMA(model, t.ema_decay)
     started = (read_json(run.summary_file) or {}).get("started", t_start)  # a resumed run keeps its start
