@@ -83,7 +83,9 @@ def finetune_qat(
         # (with its head's dropout on, the loss measured dropout's noise: KL 0.15 on training views against
         # 0.003 on the public split)
         model.eval()
-        loss_sum, correct = 0.0, 0
+        # summed on the device: a GPU is not made to wait for each step's numbers
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         for i in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + i) / total))
@@ -99,9 +101,9 @@ def finetune_qat(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
-            correct += int((out.argmax(1) == target).sum())
-        row = {"epoch": epoch + 1, "loss": loss_sum / steps, "train_acc": correct / (steps * batch)}
+            loss_sum += loss.detach()
+            correct += (out.argmax(1) == target).sum()
+        row = {"epoch": epoch + 1, "loss": loss_sum.item() / steps, "train_acc": correct.item() / (steps * batch)}
         row["seconds"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         if say:
