@@ -70,7 +70,7 @@ def test_killed_in_its_second_run_the_study_resumes_it_keeps_the_first_and_train
     assert len(runs) == 3 and len([p for p in folder.iterdir() if p.is_dir()]) == 3  # none duplicated
     assert runs[("cnn", 0.05)].summary()["ended"] == first_summary["ended"]  # kept, not trained again
     after = runs[("cnn", 0.08)].metrics()
-    assert f"resuming from epoch {ck_epoch}" in out.stderr
+    assert f"its process was killed or crashed); resuming from epoch {ck_epoch}" in out.stderr
     assert [r["epoch"] for r in after] == list(range(1, 13))
     assert after[0] == before[0]  # the epochs before the kill are the same rows: continued, not restarted
     assert all(r.summary()["status"] == "completed" for r in runs.values())

@@ -434,6 +434,8 @@ def run_study(
             break
         cfg = _config(it, protocol, data, device, threads)
         start = f"resuming from epoch {done}" if done else "starting"
+        if run is not None and (read_json(run.summary_file) or {}).get("status") == "running":  # not alive (above)
+            start = f"its last start ended without stopping (its process was killed or crashed); {start}"
         say(f"{it.label()}: {start} ({run.run_id if run else 'new run'})")
         on_event = _epoch_events(it.label(), deadline, say)
         try:
