@@ -80,6 +80,71 @@ def test_killed_in_its_second_run_the_study_resumes_it_keeps_the_first_and_train
     assert doc["done"] == doc["total"] == 3 and doc["estimate_left_s"] == 0
 
 
+def test_workers_train_runs_at_once_none_twice_and_a_killed_parent_takes_its_workers_with_it(tmp_path):
+    """Two workers: the parent takes the long first run, the worker it started the next ones, each once; killing
+    the parent ends the worker too (its run left resumable), and the next start with workers resumes both."""
+    from fer_core.studies.families import progress
+
+    folder = tmp_path / "study"
+    long_first = {**PLAN["runs"][0], "epochs": 2000}  # still training when the others are done
+    _write_plan(folder, {**PLAN, "runs": [long_first, *PLAN["runs"][1:]]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1", "--workers", "2"]
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "fer_core", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+
+    def rows():
+        return {r["run"]: r for r in progress(folder)["runs"]}
+
+    def kill(proc):  # the parent only: the worker must end by itself
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        wait_until(lambda: rows()["mobilenet w0.2 s1"]["state"] == "resumable", "the worker's end", timeout=120)
+        return proc.stderr.read().decode()
+
+    proc = start()
+    try:
+        wait_until(lambda: rows()["cnn w0.08 s0"]["state"] == "done", "the second run done beside the first", 400)
+        wait_until(
+            lambda: rows()["mobilenet w0.2 s1"]["state"] == "training" and rows()["mobilenet w0.2 s1"]["epochs_done"],
+            "the third run's first epoch",
+            timeout=300,
+        )
+        assert rows()["cnn w0.05 s0"]["state"] == "training"  # the parent's run, all along: two at once
+        claims = json.loads((folder / ".study-claims.json").read_text())
+        assert len(claims) == 2 and len(set(claims.values())) == 2  # the second run's claim was given back
+        log = kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "2 workers of 1 thread each" in log
+    assert "[worker 1] cnn w0.08 s0: starting" in log and "[worker 1] cnn w0.08 s0: done" in log
+    assert "[worker 1] mobilenet w0.2 s1: starting" in log
+    assert "[worker 1] cnn w0.05 s0: being trained by another process" in log
+    assert log.count("cnn w0.05 s0: starting") == log.count("cnn w0.08 s0: starting") == 1
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 3  # one folder per run: none trained twice
+
+    third = rows()["mobilenet w0.2 s1"]["epochs_done"]
+    proc = start()  # again: one worker resumes each unfinished run
+    try:
+        wait_until(
+            lambda: (
+                rows()["mobilenet w0.2 s1"]["epochs_done"] > third and rows()["cnn w0.05 s0"]["state"] == "training"
+            ),
+            "both unfinished runs training again",
+            timeout=300,
+        )
+        log = kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "cnn w0.05 s0: its last start ended without stopping" in log
+    assert "mobilenet w0.2 s1: its last start ended without stopping" in log
+    assert f"resuming from epoch {third}" in log
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 3 and rows()["cnn w0.08 s0"]["state"] == "done"
+
+
 def test_a_budget_stops_after_an_epoch_and_the_next_start_continues(tmp_path):
     folder = tmp_path / "study"
     plan = {**PLAN, "protocol": {**PLAN["protocol"], "epochs": 60}, "runs": PLAN["runs"][:1]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
@@ -65,10 +66,15 @@ def cmd_families(args) -> int:
         raise FerError(f"--threads {args.threads}: at least 1")
     if args.hours is not None and not args.hours > 0:
         raise FerError(f"--hours {args.hours}: a positive number of hours")
+    if args.workers < 1:
+        raise FerError(f"--workers {args.workers}: at least 1")
     if args.status:
         doc = progress(Path(args.out))
     else:
-        doc = run_study(Path(args.out), args.hours, args.data, args.device, args.threads, args.dry_run)
+        doc = run_study(
+            Path(args.out), args.hours, args.data, args.device, args.threads, args.dry_run,
+            workers=args.workers, lane=args.lane, until=args.until,
+        )  # fmt: skip
     if args.json:
         print_json(doc)
         return 0
@@ -174,6 +180,15 @@ def register(sub) -> None:
     s.add_argument("--data", default=None, help="FER2013 (default: $FER_DATA, data/, else synthetic)")
     s.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, mps, cuda")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process with --threads threads (default: one; "
+        "with more, --threads defaults to the cores shared out)",
+    )
+    s.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)  # a worker started by --workers
+    s.add_argument("--until", type=float, default=None, help=argparse.SUPPRESS)  # its parent's deadline
     s.add_argument("--dry-run", action="store_true", help="print the plan with estimates only")
     s.add_argument("--status", action="store_true", help="the study's progress (no training, no measuring)")
     s.add_argument("--json", action="store_true")
