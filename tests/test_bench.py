@@ -26,6 +26,14 @@ def test_bench_writes_the_figures_it_promises(tmp_path):
     mobilenet = training["families"]["mobilenet"]
     # the default allocator (own process) faults the seed MobileNet's activations in on every step; ours does not
     assert mobilenet["page_faults_per_step_default_allocator"] > 10 * max(1.0, mobilenet["page_faults_per_step"])
+    from fer_core.training.device import cpu_cores
+
+    if cpu_cores() >= 2:  # study families --workers: one-thread lanes against one process, both measured
+        assert [r["family"] for r in doc["study_lanes"]] == ["mobilenet", "mobilenetv2"]
+        for r in doc["study_lanes"]:
+            assert r["lanes"] == cpu_cores() == len(r["lanes_each_img_per_s"]) and min(r["lanes_each_img_per_s"]) > 0
+            assert r["one_process_img_per_s"] > 0 and r["lanes_img_per_s"] > 0
+            assert abs(r["lanes_vs_one_process"] - r["lanes_img_per_s"] / r["one_process_img_per_s"]) < 0.01
     assert json.loads((tmp_path / "bench.json").read_text()) == doc
 
 
@@ -40,3 +48,18 @@ def test_the_live_soak_reports_memory_and_threads_at_start_and_end(tmp_path):
     assert doc["soak_rss_growth_mb"] == round(doc["soak_end"]["rss_mb"] - doc["soak_start"]["rss_mb"], 1)
     assert 0.5 < doc["soak_faces_per_frame"] < 1.0  # the clip has empty frames; the faces are found
     assert "live soak, 240 frames" in out.stdout and "goal (< 20 MB, no new threads)" in out.stdout
+
+
+def test_bench_lanes_writes_what_workers_buy_here(tmp_path):
+    from conftest import run_cli
+    from fer_core.training.device import cpu_cores
+
+    out = run_cli("bench", "--lanes", "--images", "384", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "lanes.json").read_text())
+    assert doc["train_images"] == 384
+    if cpu_cores() < 2:
+        assert doc["study_lanes"] is None and "one core here" in out.stdout
+        return
+    assert [r["family"] for r in doc["study_lanes"]] == ["mobilenet", "mobilenetv2"]
+    assert f"{cpu_cores()} one-thread processes at once" in out.stdout and "written:" in out.stdout

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
 from fer_core.common import FerError
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
-from fer_core.studies.bench import ray_overhead, run_bench
+from fer_core.studies.bench import ray_overhead, run_bench, study_lanes
 from fer_core.studies.beyond import run_beyond
 from fer_core.studies.families import DEFAULT_DIR, progress, run_study
 from fer_core.studies.live_bench import live_modes_bench
@@ -131,6 +132,17 @@ def cmd_bench(args) -> int:
         if args.json:
             print_json(doc)
         return 0
+    if args.lanes:
+        rows = study_lanes(args.images, (lambda *a: None) if args.json else print)
+        doc = {"study_lanes": rows, "train_images": args.images, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        out = Path(args.out) if args.out else RESULTS_DIR / "bench"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "lanes.json", doc)
+        if args.json:
+            print_json(doc)
+        else:
+            print(f"written: {out / 'lanes.json'}" if rows else "one core here: no lanes to compare")
+        return 0
     if args.ray:
         doc = ray_overhead(out_dir=args.out, quiet=args.json)
         if args.json:
@@ -223,6 +235,11 @@ def register(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu | cuda: where both training pipelines run (default: cpu)")
     s.add_argument(
         "--ray", action="store_true", help="instead: a local Ray's start time and its per-run overhead vs the queue"
+    )
+    s.add_argument(
+        "--lanes",
+        action="store_true",
+        help="instead: study families --workers on this CPU: one-thread processes, one per core, against one process",
     )
     s.add_argument(
         "--soak",

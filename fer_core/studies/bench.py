@@ -53,9 +53,11 @@ from fer_core.studies.train_bench import (
     family_training,
     family_width,
     in_own_process,
+    lanes_speed,
     training_data,
 )
 from fer_core.training.config import RunConfig
+from fer_core.training.device import cpu_cores
 
 
 def width_one_models(runtime: str) -> list:
@@ -270,6 +272,24 @@ def family_latency(repeats: int = 300) -> dict:
     return out
 
 
+def study_lanes(images: int, say) -> list[dict] | None:
+    """``study families --workers N`` on this CPU: N one-thread processes against one of N threads (None with
+    one core)."""
+    cores = cpu_cores()
+    if cores < 2:
+        return None
+    say(f"study lanes: {cores} one-thread processes at once against one process of {cores} threads:")
+    rows = []
+    for f in ("mobilenet", "mobilenetv2"):
+        r = lanes_speed(images, cores, f, family_width(f))
+        say(
+            f"  {f:<13} one process {r['one_process_img_per_s']:8.1f} img/s · {cores} lanes "
+            f"{r['lanes_img_per_s']:8.1f} img/s in all ({r['lanes_vs_one_process']:.2f}x)"
+        )
+        rows.append(r)
+    return rows
+
+
 def run_bench(
     images: int = 2560,
     frames: int = 50,
@@ -345,6 +365,7 @@ def run_bench(
         say(f"one-face latency: not measured ({faces['error']})")
     say(f"training, every family at ~{SEED_MOBILENET_PARAMS:,} parameters ({images} images, batch 128, {device}):")
     training = family_training(images, device, say)
+    lanes = study_lanes(images, say) if device == "cpu" else None
     try:
         families = family_latency(face_repeats)
         say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters, one face (batch 1, 1 thread):")
@@ -372,6 +393,7 @@ def run_bench(
         "face_latency_ms": faces,
         "families_at_seed_size": families,
         "training_at_seed_size": training,
+        "study_lanes": lanes,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

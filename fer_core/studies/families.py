@@ -50,7 +50,7 @@ from fer_core.store.files import atomic_write_json, read_json
 from fer_core.store.runs import RESULTS_DIR, Run, reference_dir
 from fer_core.studies.train_bench import engine_speed, training_data
 from fer_core.training.config import RECIPES, RunConfig, apply_recipe
-from fer_core.training.device import device_name, resolve_device
+from fer_core.training.device import cpu_cores, device_name, resolve_device
 from fer_core.training.trainer import Cancelled, fit
 
 DEFAULT_DIR = RESULTS_DIR / "cpu-study"
@@ -395,11 +395,7 @@ def _lanes(estimates: list[float], workers: int) -> list[tuple[int, float]]:
 
 def default_workers_threads(workers: int) -> int:
     """CPU threads per worker when ``--threads`` is not given: this process's cores shared out, at least one."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores // workers)
+    return max(1, cpu_cores() // workers)
 
 
 @contextmanager

@@ -16,7 +16,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,9 +107,11 @@ def engine_speed(
     graph: bool = True,
     family: str = "mobilenet",
     width: float = 1.0,
+    before_timing=None,
 ) -> dict:
     """Our engine's training step (data as one tensor on the device, batched augmentation, channels_last; on
-    CUDA bf16 autocast and the step replayed as a CUDA graph): images/second and page faults per step."""
+    CUDA bf16 autocast and the step replayed as a CUDA graph): images/second and page faults per step.
+    ``before_timing``, if given, is called after the warm-up step, just before the clock starts."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = create_model(family, width).to(dev).to(memory_format=memory_format(dev))
@@ -120,6 +124,8 @@ def engine_speed(
     perm = torch.randperm(len(y), device=dev)
     steps = len(y) // batch
     step(perm[:batch])  # warm-up, like the naive pipeline's untimed first batch
+    if before_timing:
+        before_timing()
     t0, f0 = time.perf_counter(), page_faults()
     for i in range(1, steps):
         step(perm[i * batch : (i + 1) * batch])
@@ -163,25 +169,86 @@ def _default_allocator_env() -> dict:
     return env
 
 
+_CHILD = "import sys; from fer_core.studies.train_bench import _child; _child(sys.argv[1])"
+
+
+def _child_result(out: str, err: str, rc: int, what: str) -> dict:
+    if rc != 0:
+        raise RuntimeError(f"{what} in its own process failed: {err.strip().splitlines()[-1:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def in_own_process(what: str, images: int, **kw) -> dict:
     """Run ``naive`` or ``engine`` on the benchmark images in a fresh Python with the default allocator."""
     spec = json.dumps({"what": what, "images": images, "kw": kw})
-    code = "import sys; from fer_core.studies.train_bench import _child; _child(sys.argv[1])"
-    out = subprocess.run(
-        [sys.executable, "-c", code, spec], capture_output=True, text=True, env=_default_allocator_env(), timeout=3600
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{what} in its own process failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = _default_allocator_env()
+    out = subprocess.run([sys.executable, "-c", _CHILD, spec], capture_output=True, text=True, env=env, timeout=3600)
+    return _child_result(out.stdout, out.stderr, out.returncode, what)
 
 
-def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocess above
+def lanes_speed(images: int, lanes: int, family: str = "mobilenet", width: float = 1.0) -> dict:
+    """What ``study families --workers`` buys on this CPU: the engine in ``lanes`` processes of one thread each,
+    timed together (each starts its clock when all have warmed up), against one process with ``lanes``
+    threads; images/second in all. Both with the allocator kept, as the study's workers run."""
+    env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": str(PROJECT_DIR)}
+    one = in_processes(images, 1, lanes, family, width, env)[0][0]
+    with tempfile.TemporaryDirectory() as gate:
+        each, went = in_processes(images, lanes, 1, family, width, env, gate)
+    # every lane's images over the time from the common start to the last lane's end
+    together = sum(r["images_timed"] for r in each) / (max(r["ended"] for r in each) - went)
+    return {
+        "family": family,
+        "width": width,
+        "lanes": lanes,
+        "one_process_img_per_s": round(one["img_per_s"], 1),
+        "lanes_img_per_s": round(together, 1),
+        "lanes_each_img_per_s": [round(r["img_per_s"], 1) for r in each],
+        "lanes_vs_one_process": round(together / one["img_per_s"], 3),
+    }
+
+
+def in_processes(images, n, threads, family, width, env, gate: str | None = None) -> tuple[list[dict], float]:
+    """``n`` engine processes of ``threads`` threads at once, their results and when they were told to go; with
+    ``gate`` (a folder) their clocks start together: each says it is ready there and waits for the word."""
+    kw = {"family": family, "width": width, "threads": threads, "gate": gate, "lanes": n}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps({"what": "engine", "images": images, "kw": {**kw, "lane": i}})],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(n)
+    ]
+    if gate:
+        while len(list(Path(gate).glob("ready-*"))) < n and all(p.poll() is None for p in procs):
+            time.sleep(0.01)
+    went = time.time()
+    if gate:
+        (Path(gate) / "go").touch()
+    return [_child_result(*p.communicate(timeout=3600), p.returncode, "engine") for p in procs], went
+
+
+def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocesses above
     s = json.loads(spec)
     x, y = training_data(s["images"])
+    kw = s["kw"]
     if s["what"] == "naive":
-        doc = {"img_per_s": naive_throughput(x, y, **s["kw"])}
+        doc = {"img_per_s": naive_throughput(x, y, **kw)}
     else:
-        doc = engine_speed(x, y, **s["kw"])
+        if kw.get("threads"):
+            torch.set_num_threads(kw["threads"])
+        gate, lane = kw.pop("gate", None), kw.pop("lane", 0)
+        kw.pop("threads", None), kw.pop("lanes", None)
+
+        def wait_for_all():
+            (Path(gate) / f"ready-{lane}").touch()
+            while not (Path(gate) / "go").exists():
+                time.sleep(0.001)
+
+        doc = engine_speed(x, y, before_timing=wait_for_all if gate else None, **kw)
+        doc["ended"], doc["images_timed"] = time.time(), (len(y) // 128 - 1) * 128
     print(json.dumps(doc))
 
 

@@ -7,12 +7,22 @@ stays off (fp32), since the bf16 the engine uses on CUDA is not available on eve
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fer_core.common import FerError
 
 #: the order ``auto`` tries
 ORDER = ("cuda", "mps", "cpu")
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def mps_available() -> bool:
