@@ -105,22 +105,27 @@ def progress_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _bench_file(args, name: str, doc: dict, line) -> int:
+    """Write one of bench's own JSON files (``--out``, else results/bench) and print it, or ``line(file)``."""
+    out = Path(args.out) if args.out else RESULTS_DIR / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / name, doc)
+    if args.json:
+        print_json(doc)
+    else:
+        print(line(out / name))
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.soak:
         doc = live_soak(args.soak, say=(lambda *a: None) if args.json else print)
-        out = Path(args.out) if args.out else RESULTS_DIR / "bench"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "soak.json", doc)
-        if args.json:
-            print_json(doc)
-        else:
-            print(
-                f"live soak, {doc['soak_frames']:,} frames at {doc['soak_fps']} fps ({doc['soak']}): memory "
-                f"{doc['soak_start']['rss_mb']} -> {doc['soak_end']['rss_mb']} MB ({doc['soak_rss_growth_mb']:+} MB), "
-                f"threads {doc['soak_start']['threads']} -> {doc['soak_end']['threads']}; goal (< 20 MB, no new "
-                f"threads) {'met' if doc['soak_goal_met'] else 'NOT met'}; written: {out / 'soak.json'}"
-            )
-        return 0
+        return _bench_file(args, "soak.json", doc, lambda file: (
+            f"live soak, {doc['soak_frames']:,} frames at {doc['soak_fps']} fps ({doc['soak']}): memory "
+            f"{doc['soak_start']['rss_mb']} -> {doc['soak_end']['rss_mb']} MB ({doc['soak_rss_growth_mb']:+} MB), "
+            f"threads {doc['soak_start']['threads']} -> {doc['soak_end']['threads']}; goal (< 20 MB, no new "
+            f"threads) {'met' if doc['soak_goal_met'] else 'NOT met'}; written: {file}"
+        ))  # fmt: skip
     if args.serve:
         sessions = [int(n) for n in number_list(args.sessions)] if args.sessions else None
         doc = serve_bench(args.cycles, sessions, args.out, args.json)
@@ -135,14 +140,7 @@ def cmd_bench(args) -> int:
     if args.lanes:
         rows = study_lanes(args.images, (lambda *a: None) if args.json else print)
         doc = {"study_lanes": rows, "train_images": args.images, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        out = Path(args.out) if args.out else RESULTS_DIR / "bench"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "lanes.json", doc)
-        if args.json:
-            print_json(doc)
-        else:
-            print(f"written: {out / 'lanes.json'}" if rows else "one core here: no lanes to compare")
-        return 0
+        return _bench_file(args, "lanes.json", doc, lambda f: f"written: {f}" if rows else "one core here: no lanes")
     if args.ray:
         doc = ray_overhead(out_dir=args.out, quiet=args.json)
         if args.json:
