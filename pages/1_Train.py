@@ -168,7 +168,7 @@ def studies_ui() -> None:
         st.dataframe(pd.DataFrame(doc["runs"])[cols], hide_index=True)
         st.caption(
             f"Protocol {doc['protocol']['recipe']} × {doc['protocol']['epochs']} epochs. It resumes where it stopped: "
-            f"`python -m fer_core study families --out {folder} --hours H`."
+            f"`python -m fer_core study families --out {folder} --hours H` (`--workers N`: N runs at once)."
             + (f" Time left unknown for {doc['unknown_estimates']} runs (no epoch measured here yet)."
                if doc["unknown_estimates"] else "")
         )  # fmt: skip
