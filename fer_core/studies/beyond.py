@@ -8,9 +8,10 @@ trains a strong teacher and the students distilled from it, exporting every fini
 - lane 2, in two phases: the teacher (the HW3-size CNN, ``strong`` recipe, a long schedule), then, once it
   is done, the students distilled from it (``distill`` recipe): MobileNet at ~2e4 and ~5e4 parameters, width
   1.0 with 3 seeds, the largest MobileNet whose shipped weights file fits 225,000 bytes, and a ~1e5 CNN;
-- lowest priority, beside lane 1: the newer contenders (MobileNetV2- and ShuffleNetV2-style, 5 budgets x 1 seed)
-  at the reference study's epochs and recipe, so they land on the same scatter; they start last and are the
-  first dropped when ``--fit-in`` says the window is too short for them.
+- lowest priority, beside lane 1: the newer contenders (MobileNetV2- and ShuffleNetV2-style, 5 budgets x 1 seed,
+  and 2 more seeds at ~1e5) at the reference study's epochs and recipe, so they land on the same scatter; those
+  the CPU study (``results/cpu-study``) finished on the same protocol are not trained again. They start last
+  and are the first dropped when ``--fit-in`` says the window is too short for them.
 
 With ``--fit-in`` every configuration first trains 3 epochs all at once (under full load); the teacher and
 student epochs are then scaled down together, with a 0.7 margin, until both phases fit. The most valuable
@@ -38,6 +39,7 @@ from fer_core.models import count_params, create_model, solve_width
 from fer_core.models.stats import state_dict_half
 from fer_core.store.files import atomic_torch_save, read_json, weights_payload
 from fer_core.store.runs import Run
+from fer_core.studies.families import DEFAULT_DIR as CPU_STUDY_DIR
 from fer_core.studies.reference import SEED_MOBILENET_PARAMS, calibrate, export_run, study_configs
 from fer_core.studies.reference import plan as reference_plan
 from fer_core.training.config import RunConfig
@@ -83,11 +85,13 @@ CONTENDER_BUDGETS = [2e4, 5e4, SEED_MOBILENET_PARAMS, 3e5, 1e6]
 
 
 def contenders() -> list[dict]:
-    """The contender lane: each newer family at each budget, seed 0, the reference protocol."""
+    """The contender lane: each newer family at each budget, seed 0, then seeds 1 and 2 at the seed MobileNet's
+    size (the seed spread the CPU study's "seeds" phase asks for, hours a run there), the reference protocol."""
+    rows = [(f, b, 0) for f in CONTENDERS for b in CONTENDER_BUDGETS]
+    rows += [(f, SEED_MOBILENET_PARAMS, s) for s in (1, 2) for f in CONTENDERS]
     return [
-        {"family": f, "width": solve_width(f, b)[0], "seed": 0, "recipe": "seed", "role": "contender"}
-        for f in CONTENDERS
-        for b in CONTENDER_BUDGETS
+        {"family": f, "width": solve_width(f, b)[0], "seed": s, "recipe": "seed", "role": "contender"}
+        for f, b, s in rows
     ]
 
 
@@ -144,10 +148,15 @@ def reference_epochs(folder: Path) -> int | None:
     return counts.pop() if counts else None
 
 
-def plan(out: Path, reference_from: Path | None = None) -> dict:
-    """What the study still has to train: reference runs (lane 1), the teacher and its students (lane 2)."""
+def plan(out: Path, reference_from: Path | None = None, study_from: Path | None = None, epochs: int | None = None):
+    """What the study still has to train: reference runs (lane 1), the teacher and its students (lane 2), the
+    contenders; a contender the CPU study (``study_from``) completed on the same protocol (``epochs``) is done."""
     have = completed(out)
     ref_have = {**completed(reference_from), **have} if reference_from else have
+    if study_from is not None and epochs:
+        for key, p in completed(study_from).items():
+            if (read_json(p / "summary.json") or {}).get("epochs") == epochs:
+                ref_have.setdefault(key, p)
     refs = [
         {**it, "role": "reference"}
         for it in reference_plan(better=True)
@@ -222,8 +231,8 @@ def run_beyond(
         raise FerError("--fit-in times the runs on this machine's device; on a Ray cluster give the epochs instead")
     out, work = Path(out), Path(work)
     say = _Log(log)
-    todo = plan(out, reference_from)
     ref_epochs = ref_epochs or reference_epochs(reference_from or out) or 95
+    todo = plan(out, reference_from, CPU_STUDY_DIR, ref_epochs)
     n_lane2 = (1 if todo["teacher"] else 0) + len(todo["students"]) + len(todo["contenders"])
     record: dict = {"plan": todo, "fit_in_s": fit_in, "reference_epochs": ref_epochs}
     say(
