@@ -12,10 +12,11 @@ from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import ray_overhead, run_bench, study_lanes
 from fer_core.studies.beyond import run_beyond
-from fer_core.studies.families import DEFAULT_DIR, progress, run_study
+from fer_core.studies.families import DEFAULT_DIR, progress
 from fer_core.studies.live_bench import live_modes_bench
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
+from fer_core.studies.study_run import run_study
 from fer_core.training.config import add_arguments, apply_arguments
 
 
