@@ -74,6 +74,7 @@ def test_killed_in_its_second_run_the_study_resumes_it_keeps_the_first_and_train
     assert [r["epoch"] for r in after] == list(range(1, 13))
     assert after[0] == before[0]  # the epochs before the kill are the same rows: continued, not restarted
     assert all(r.summary()["status"] == "completed" for r in runs.values())
+    assert not (folder / ".study-claims.json").exists()  # every claim given back: no machine state left
 
     status = run_cli("study", "families", "--out", str(folder), "--status", "--json")
     doc = json.loads(status.stdout)

@@ -112,9 +112,9 @@ def _claim_next(folder: Path, protocol: dict, items: list[Item], busy: set) -> t
                 pid = claims.get(key) or (read_json(run.summary_file) or {}).get("pid")
                 busy.add(f"{it.label()}: being trained by another process (pid {pid}); skipped")
                 continue
-            atomic_write_json(folder / CLAIMS_FILE, {**claims, key: me})
+            _write_claims(folder, {**claims, key: me})
             return it, run, state, done
-        atomic_write_json(folder / CLAIMS_FILE, claims)
+        _write_claims(folder, claims)
     return None
 
 
@@ -122,10 +122,15 @@ def _release(folder: Path, it: Item, protocol: dict) -> None:
     with _locked(folder):
         claims = _claims(folder)
         claims.pop(repr(it.key(protocol)), None)
-        if claims:
-            atomic_write_json(folder / CLAIMS_FILE, claims)
-        else:
-            (folder / CLAIMS_FILE).unlink(missing_ok=True)
+        _write_claims(folder, claims)
+
+
+def _write_claims(folder: Path, claims: dict) -> None:
+    """The claims file, or none when nobody claims anything (a finished study leaves no machine state)."""
+    if claims:
+        atomic_write_json(folder / CLAIMS_FILE, claims)
+    else:
+        (folder / CLAIMS_FILE).unlink(missing_ok=True)
 
 
 def _start_workers(n: int, folder: Path, deadline, data, device, threads: int) -> list[subprocess.Popen]:

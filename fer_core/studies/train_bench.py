@@ -210,7 +210,7 @@ def lanes_speed(images: int, lanes: int, family: str = "mobilenet", width: float
 def in_processes(images, n, threads, family, width, env, gate: str | None = None) -> tuple[list[dict], float]:
     """``n`` engine processes of ``threads`` threads at once, their results and when they were told to go; with
     ``gate`` (a folder) their clocks start together: each says it is ready there and waits for the word."""
-    kw = {"family": family, "width": width, "threads": threads, "gate": gate, "lanes": n}
+    kw = {"family": family, "width": width, "threads": threads, "gate": gate}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, json.dumps({"what": "engine", "images": images, "kw": {**kw, "lane": i}})],
@@ -240,7 +240,7 @@ def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocesses ab
         if kw.get("threads"):
             torch.set_num_threads(kw["threads"])
         gate, lane = kw.pop("gate", None), kw.pop("lane", 0)
-        kw.pop("threads", None), kw.pop("lanes", None)
+        kw.pop("threads", None)
 
         def wait_for_all():
             (Path(gate) / f"ready-{lane}").touch()
