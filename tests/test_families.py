@@ -135,6 +135,57 @@ def test_shuffle_interleaves_the_two_halves():
     assert shuffle(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]
 
 
+def test_cat_shuffle_equals_cat_then_shuffle_and_keeps_channels_last():
+    from fer_core.models.shufflenetv2 import cat_shuffle, shuffle
+
+    a, b = torch.randn(3, 6, 5, 4), torch.randn(3, 6, 5, 4)
+    want = shuffle(torch.cat([a, b], 1))
+    assert torch.equal(cat_shuffle(a, b), want)  # plain NCHW: the two-step form
+    cl = torch.channels_last
+    got = cat_shuffle(a.contiguous(memory_format=cl), b.contiguous(memory_format=cl))
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=cl)  # no NCHW copy for the next conv to reorder back
+
+
+def test_relu6_without_a_copy_gives_nn_relu6s_values_and_gradients():
+    from fer_core.models.layers import ReLU6
+
+    x = torch.randn(4, 8, 6, 6) * 5
+    x[0, 0, 0, :3] = torch.tensor([0.0, 6.0, -0.0])  # at the clip points the gradient is 0, as PyTorch's
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    g = torch.randn_like(x)
+    (nn.ReLU6(inplace=True)(a * 1.0) * g).sum().backward()  # * 1.0: an in-place op needs a non-leaf input
+    (ReLU6()(b * 1.0) * g).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    assert torch.equal(ReLU6()(x.clone()), nn.functional.relu6(x))
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_training_step_keeps_nn_layers_gradients(family):
+    """The faster layers (ReLU6 without a copy, channels_last shuffle) change no number of a training step."""
+    from fer_core.models import layers, shufflenetv2
+
+    def grads(model):
+        torch.manual_seed(3)  # the same dropout draw
+        x = torch.randn(8, 1, 48, 48).contiguous(memory_format=torch.channels_last)
+        nn.functional.cross_entropy(model(x), torch.arange(8) % 7).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    torch.manual_seed(0)
+    fast = create_model(family, 0.5).to(memory_format=torch.channels_last).train()
+    plain = create_model(family, 0.5).to(memory_format=torch.channels_last).train()
+    plain.load_state_dict(fast.state_dict())
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, layers.ReLU6):
+            parent = plain.get_submodule(name.rpartition(".")[0])
+            setattr(parent, name.rpartition(".")[2], nn.ReLU6(inplace=True))
+    with pytest.MonkeyPatch.context() as mp:  # the plain two-step shuffle for the reference
+        mp.setattr(shufflenetv2, "cat_shuffle", lambda a, b: shufflenetv2.shuffle(torch.cat([a, b], 1)))
+        want = grads(plain)
+    assert torch.equal(grads(fast), want)
+
+
 @pytest.mark.parametrize("family", NEW)
 def test_onnx_export_matches_torch(family):
     pytest.importorskip("onnxruntime")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from fer_core.common import FerError
@@ -27,6 +28,38 @@ def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: i
         nn.BatchNorm2d(cout),
         act if act is not None else nn.ReLU(inplace=True),
     )
+
+
+class _ReLU6InPlace(torch.autograd.Function):
+    """min(max(x, 0), 6) in place, its gradient read from the output (0 where the output is 0 or 6, exactly
+    where the input was clipped): nothing extra is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clamp_(0.0, 6.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
+
+
+class ReLU6(nn.Module):
+    """``nn.ReLU6(inplace=True)`` with the same values and gradients, without its hidden copy.
+
+    PyTorch's in-place hardtanh saves a clone of its input for the backward pass: a full extra write and read
+    of the largest activations of a MobileNetV2 every step (about a tenth of a CPU training step). Clipping in
+    place and taking the gradient from the output needs no copy. Outside training (eval, export, inference)
+    it is the plain in-place op, so ONNX files and traced graphs see an ordinary ReLU6 (Clip).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and x.requires_grad:
+            return _ReLU6InPlace.apply(x)
+        return nn.functional.relu6(x, inplace=True)
 
 
 def fit_shapes(model: nn.Module, state: dict) -> nn.Module:

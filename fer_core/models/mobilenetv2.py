@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from fer_core.models import register_family
-from fer_core.models.layers import make_divisible
+from fer_core.models.layers import ReLU6, make_divisible
 
 STEM = 16
 #: (expansion t, out channels c, blocks n, first stride s) per stage at width 1.0.
@@ -29,7 +29,7 @@ LAST = 320
 def _cba(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(ReLU6())
     return nn.Sequential(*layers)
 
 
