@@ -146,6 +146,47 @@ def test_workers_train_runs_at_once_none_twice_and_a_killed_parent_takes_its_wor
     assert len([p for p in folder.iterdir() if p.is_dir()]) == 3 and rows()["cnn w0.08 s0"]["state"] == "done"
 
 
+def test_sigterm_stops_the_study_and_its_workers_cleanly_and_the_next_start_resumes_both(tmp_path):
+    """``kill PID`` is a stop, not a crash: both runs in progress (the parent's and its worker's) are recorded as
+    stopped at their last finished epoch, the parent exits 0 without a traceback, and the next start resumes them
+    without the 'killed or crashed' note."""
+    from fer_core.studies.families import progress
+
+    folder = tmp_path / "study"
+    long = [{**r, "epochs": 2000} for r in PLAN["runs"][:2]]  # both still training when the signal comes
+    _write_plan(folder, {**PLAN, "runs": long})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["study", "families", "--out", str(folder), "--data", "synthetic", "--threads", "1", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "fer_core", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        wait_until(
+            lambda: all(r["state"] == "training" and r["epochs_done"] for r in progress(folder)["runs"]),
+            "both runs' first epoch",
+            timeout=300,
+        )
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        log = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0 and "Traceback" not in log, log
+    runs = _runs(folder)
+    assert len(runs) == 2
+    for run in runs.values():
+        s = run.summary()
+        assert s["status"] == "cancelled" and "SIGTERM" in s["error"], s
+        assert s["epochs_done"] == len(run.metrics()) >= 1 and run.checkpoint_file.is_file()
+    assert log.count("stopped (SIGTERM)") == 2  # the parent's run and the worker's
+    assert not (folder / ".study-claims.json").exists()
+    stopped = {k: len(r.metrics()) for k, r in runs.items()}
+
+    out = _study(folder, "--hours", "0.0005")  # a moment: enough to see both resumed
+    assert out.returncode == 0, out.stderr
+    assert "killed or crashed" not in out.stderr
+    assert f"cnn w0.05 s0: resuming from epoch {stopped[('cnn', 0.05)]}" in out.stderr
+
+
 def test_a_budget_stops_after_an_epoch_and_the_next_start_continues(tmp_path):
     folder = tmp_path / "study"
     plan = {**PLAN, "protocol": {**PLAN["protocol"], "epochs": 60}, "runs": PLAN["runs"][:1]}

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -201,19 +202,40 @@ def run_study(
     deadline = time.time() + hours * 3600 if hours else None  # the budget is training time, from here
     if until:  # a worker: the budget ends when its parent's does
         deadline = until
-    children = []
-    if workers > 1 and not lane:
-        children = _start_workers(workers - 1, folder, deadline, data, device, threads)
+    children: list[subprocess.Popen] = []
+    restore = _stop_on_sigterm(children)
     try:
+        if workers > 1 and not lane:
+            children += _start_workers(workers - 1, folder, deadline, data, device, threads)
         _work(folder, protocol, items, secs, deadline, fer, data, device, threads, say)
+    except Cancelled as e:  # the signal came between two runs: nothing was training
+        say(str(e))
     finally:
         for c in children:
             c.wait()
+        restore()
     final = progress(folder)
     if not lane:
         left = fmt_seconds(final["estimate_left_s"])
         say(f"study: {final['done']}/{final['total']} runs done; about {left} left on this device")
     return final
+
+
+def _stop_on_sigterm(children: list[subprocess.Popen]) -> Callable[[], None]:
+    """SIGTERM (``kill``, a service manager, a closing terminal) stops the study as Ctrl-C does: the run in
+    progress is recorded as stopped at its last finished epoch (not as crashed), its workers are told the same,
+    and the next start resumes each from there. Returns what puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may take signals; there the default stays
+
+    def handler(signum, frame):
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+        raise Cancelled("stopped (SIGTERM); `study families` resumes it from its last finished epoch")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _print_plan(folder, items, found, protocol, secs, hours, workers, threads, data_name, device, say) -> None:
