@@ -4,17 +4,22 @@ A training step on the CPU allocates its activations (tens of MB per batch), fre
 again on the next step. glibc's malloc hands blocks above its mmap threshold (at most 32 MB, 128 KB to start)
 back to the operating system on free and trims the top of its heap, so every step faults every page of its
 activations in again: about 150,000 page faults per step for the seed MobileNet at batch 128, measured here.
-Raising the mmap and trim thresholds keeps that memory mapped and reused (under 200 faults per step); the
-seed MobileNet then trains 1.5-1.8x faster on this 2-core CPU (``bench`` prints both, measured in one run).
+Raising the mmap threshold and never trimming keeps that memory mapped and reused (0 faults per step once the heap
+has grown to a step's size); the seed MobileNet then trained 3.2x faster on this 2-core CPU in the last ``bench``
+run (it prints both, measured in one run).
 
 Mechanisms, chosen by measurement (``bench`` and ``tests/test_memory.py``):
 
 - in this process, ``mallopt`` at import time (it takes effect at once, for every thread and arena);
 - in every process started from it (the queue's trainers, Ray workers started from here, the dashboard's
-  jobs), the same settings as glibc's environment variables, so they hold from the child's first malloc;
-- ``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocator then asks for transparent huge pages for large
-  tensors (fewer TLB misses); it is read once, at torch's first allocation, so it only acts when
-  ``fer_core`` is imported before torch (the command line, the dashboard, a trainer) or set by a parent.
+  jobs), the same settings as glibc's environment variables, so they hold from the child's first malloc.
+
+Transparent huge pages for torch's large tensors (``THP_MEM_ALLOC_ENABLE=1``) were part of this until measured
+alone: with them every page the heap still gives back is a 2 MB page, zeroed (and, under the kernel's usual
+``defrag=madvise``, compacted) on each fault, and one-thread training ran slower: on this 2-core CPU, idle, one
+process per configuration, the seed MobileNet 444 img/s without them against 316 with them (1.41x), the
+MobileNetV2 224 against 193 (1.16x), the ShuffleNetV2 264 against 233 (1.14x), the CNN a tie (1,682 against
+1,721). So they are left as torch leaves them (off); a user's own ``THP_MEM_ALLOC_ENABLE`` is kept.
 
 The price: memory a process freed is kept for reuse rather than returned, so its resident size stays near
 its peak. ``FER_MALLOC=default`` turns all of it off (for a comparison, or a machine short of memory).
@@ -34,14 +39,15 @@ except ImportError:  # Windows: no page-fault counts
 
 #: bytes: blocks below this come from the heap and are reused, never unmapped (glibc caps its own at 32 MB)
 MMAP_THRESHOLD = 1 << 30
-#: bytes of free memory at the heap's top before glibc gives any of it back
-TRIM_THRESHOLD = 1 << 30
+#: the heap's top is never trimmed: glibc reads this as a size (no top is that large); ``mallopt`` gets -1, its
+#: documented "never". A 1 GB threshold was trimmed between epochs (evaluation frees more than that at once), and
+#: the next epoch faulted its activations in again: 14,000-21,000 faults per step for the seed MobileNet
+TRIM_THRESHOLD = 1 << 62
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 
 ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
     "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
-    "THP_MEM_ALLOC_ENABLE": "1",
 }
 
 _state: dict | None = None
@@ -60,17 +66,14 @@ def tune_allocator() -> dict:
     if os.environ.get("FER_MALLOC", "").strip().lower() == "default":
         _state = {"mode": "default", "mallopt": False, "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "env": {}}
         return _state
-    torch_first = "torch" in sys.modules  # then torch has allocated, and read its huge-page setting already
-    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", ENV["THP_MEM_ALLOC_ENABLE"] if not torch_first else "") == "1"
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"  # only a user's own setting (see above)
     for k, v in ENV.items():
         os.environ.setdefault(k, v)  # children start with them; a user's own setting stays
     ok = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None)  # the process itself: glibc's symbols, no library search
-            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(
-                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            )
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
         except (OSError, AttributeError):  # musl and others have no mallopt: their allocator, their rules
             ok = False
     _state = {"mode": "kept" if ok else "unsupported", "mallopt": ok, "thp": thp, "env": child_env()}
