@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fer_core.studies.bench import run_bench
 
 
@@ -63,3 +65,22 @@ def test_bench_lanes_writes_what_workers_buy_here(tmp_path):
         return
     assert [r["family"] for r in doc["study_lanes"]] == ["mobilenet", "mobilenetv2"]
     assert f"{cpu_cores()} one-thread processes at once" in out.stdout and "written:" in out.stdout
+
+
+def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("bench", "--levers", "--images", "384", "--rounds", "1", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "levers.json").read_text())
+    rows = doc["families"]
+    assert set(rows) == {"mobilenet", "cnn", "mobilenetv2", "shufflenetv2"} and doc["threads"] == 1
+    for family, row in rows.items():
+        assert row["shipped"]["huge_pages"] is False and row["huge_pages"]["huge_pages"] is True  # as it says
+        has_plain = family in ("mobilenetv2", "shufflenetv2")  # the families with faster layers
+        assert ("plain_layers" in row) == has_plain, family
+        for lever in ("huge_pages", "plain_layers") if has_plain else ("huge_pages",):
+            r = row[lever]
+            ratio = row["shipped"]["img_per_s"] / r["img_per_s"]
+            assert r["img_per_s"] > 0 and r["shipped_vs_this"] == pytest.approx(ratio, abs=2e-3)
+    assert "shufflenetv2" in out.stdout and "written:" in out.stdout

@@ -17,6 +17,7 @@ from fer_core.studies.live_bench import live_modes_bench
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
 from fer_core.studies.study_run import run_study
+from fer_core.studies.train_bench import lever_speeds
 from fer_core.training.config import add_arguments, apply_arguments
 
 
@@ -142,6 +143,12 @@ def cmd_bench(args) -> int:
         rows = study_lanes(args.images, (lambda *a: None) if args.json else print)
         doc = {"study_lanes": rows, "train_images": args.images, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         return _bench_file(args, "lanes.json", doc, lambda f: f"written: {f}" if rows else "one core here: no lanes")
+    if args.levers:
+        say = (lambda *a: None) if args.json else print
+        say(f"the engine's levers, one at a time: one thread, one process per configuration, {args.rounds} rounds")
+        doc = lever_speeds(args.images, args.rounds, say=say)
+        doc.update(train_images=args.images, when=time.strftime("%Y-%m-%d %H:%M:%S"))
+        return _bench_file(args, "levers.json", doc, lambda f: f"written: {f}")
     if args.ray:
         doc = ray_overhead(out_dir=args.out, quiet=args.json)
         if args.json:
@@ -239,6 +246,14 @@ def register(sub) -> None:
         "--lanes",
         action="store_true",
         help="instead: study families --workers on this CPU: one-thread processes, one per core, against one process",
+    )
+    s.add_argument(
+        "--levers",
+        action="store_true",
+        help="instead: the engine as shipped against the same with one lever put back (huge pages, PyTorch's layers)",
+    )
+    s.add_argument(
+        "--rounds", type=int, default=2, help="--levers: rounds, each configuration once a round (default: 2)"
     )
     s.add_argument(
         "--soak",

@@ -62,6 +62,19 @@ class ReLU6(nn.Module):
         return nn.functional.relu6(x, inplace=True)
 
 
+def plain_layers(model: nn.Module) -> nn.Module:
+    """The same network, in place, with PyTorch's own layers where the families use faster equivalents of the
+    same math (``nn.ReLU6(inplace=True)`` for :class:`ReLU6`, the two-step concatenate-then-shuffle for
+    ShuffleNetV2's units): what ``bench --levers`` times them against, and what the tests check they equal."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ReLU6):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], nn.ReLU6(inplace=True))
+        if hasattr(module, "plain_shuffle"):
+            module.plain_shuffle = True
+    return model
+
+
 def fit_shapes(model: nn.Module, state: dict) -> nn.Module:
     """Resize ``model``'s layers in place to the channel counts of ``state`` (a structurally pruned network's
     state dict), so that it loads: the weights say every count, and a depthwise conv stays depthwise.

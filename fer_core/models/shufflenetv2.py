@@ -55,7 +55,14 @@ def cat_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return nhwc.permute(0, 3, 1, 2)
 
 
+def _cat_then_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return shuffle(torch.cat([a, b], 1))
+
+
 class ShuffleUnit(nn.Module):
+    #: the two-step join (layers.plain_layers sets it, to measure and test what cat_shuffle changes)
+    plain_shuffle = False
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.stride = stride
@@ -69,10 +76,11 @@ class ShuffleUnit(nn.Module):
         )
 
     def forward(self, x):
+        join = _cat_then_shuffle if self.plain_shuffle else cat_shuffle
         if self.branch1 is None:
             a, b = x.chunk(2, dim=1)
-            return cat_shuffle(a, self.branch2(b))
-        return cat_shuffle(self.branch1(x), self.branch2(x))
+            return join(a, self.branch2(b))
+        return join(self.branch1(x), self.branch2(x))
 
 
 class ShuffleNetV2(nn.Module):

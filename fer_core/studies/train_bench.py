@@ -8,6 +8,10 @@
   freed memory adds), the memory bandwidth measured in the same run (a large copy), the network's estimated
   bytes per image (:func:`fer_core.models.stats.training_bytes_per_image`) and the share of the resulting
   limit (bandwidth / bytes per image) the engine reaches.
+- **Its levers, one at a time** (``bench --levers``): the engine as shipped against the same engine with one
+  thing put back as it was (torch's transparent huge pages; PyTorch's own layers where the families use faster
+  equivalents), one thread per process as a study worker trains, each configuration in a process of its own,
+  the configurations interleaved over rounds and their medians compared: ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fer_core.common.memory import ENV as ALLOCATOR_ENV
-from fer_core.common.memory import page_faults
+from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.data.synthetic import make_split
 from fer_core.models import count_params, create_model, list_models, solve_width
+from fer_core.models.layers import ReLU6, plain_layers
 from fer_core.models.stats import training_bytes_per_image
 from fer_core.training.config import RunConfig
 from fer_core.training.engine import GraphedStep, Step, make_optimizer
@@ -108,13 +113,18 @@ def engine_speed(
     family: str = "mobilenet",
     width: float = 1.0,
     before_timing=None,
+    plain: bool = False,
 ) -> dict:
     """Our engine's training step (data as one tensor on the device, batched augmentation, channels_last; on
     CUDA bf16 autocast and the step replayed as a CUDA graph): images/second and page faults per step.
-    ``before_timing``, if given, is called after the warm-up step, just before the clock starts."""
+    ``before_timing``, if given, is called after the warm-up step, just before the clock starts; ``plain``: the
+    network with PyTorch's own layers (:func:`~fer_core.models.layers.plain_layers`)."""
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = create_model(family, width).to(dev).to(memory_format=memory_format(dev))
+    model = create_model(family, width)
+    if plain:
+        plain_layers(model)
+    model = model.to(dev).to(memory_format=memory_format(dev))
     cfg = RunConfig()
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     graphed = dev.type == "cuda" and graph
@@ -207,10 +217,12 @@ def lanes_speed(images: int, lanes: int, family: str = "mobilenet", width: float
     }
 
 
-def in_processes(images, n, threads, family, width, env, gate: str | None = None) -> tuple[list[dict], float]:
+def in_processes(
+    images, n, threads, family, width, env, gate: str | None = None, plain: bool = False
+) -> tuple[list[dict], float]:
     """``n`` engine processes of ``threads`` threads at once, their results and when they were told to go; with
     ``gate`` (a folder) their clocks start together: each says it is ready there and waits for the word."""
-    kw = {"family": family, "width": width, "threads": threads, "gate": gate}
+    kw = {"family": family, "width": width, "threads": threads, "gate": gate, "plain": plain}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, json.dumps({"what": "engine", "images": images, "kw": {**kw, "lane": i}})],
@@ -249,7 +261,61 @@ def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocesses ab
 
         doc = engine_speed(x, y, before_timing=wait_for_all if gate else None, **kw)
         doc["ended"], doc["images_timed"] = time.time(), (len(y) // 128 - 1) * 128
+        doc["huge_pages"] = tune_allocator()["thp"]  # what this process really ran with
     print(json.dumps(doc))
+
+
+def _has_faster_layers(family: str, width: float) -> bool:
+    model = create_model(family, width)
+    return any(isinstance(m, ReLU6) or hasattr(m, "plain_shuffle") for m in model.modules())
+
+
+#: each lever: (what is put back, the environment it adds, whether PyTorch's own layers are used)
+LEVERS = {
+    "huge_pages": ("torch's transparent huge pages (THP_MEM_ALLOC_ENABLE=1)", {"THP_MEM_ALLOC_ENABLE": "1"}, False),
+    "plain_layers": ("PyTorch's own layers (nn.ReLU6 in place, cat then shuffle)", {}, True),
+}
+
+
+def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: None) -> dict:
+    """What each of the engine's levers buys, family by family at the seed MobileNet's size: the engine as
+    shipped against the same with one lever put back, each a one-thread process of its own (as a study worker
+    trains), interleaved over ``rounds``; medians, and shipped / lever-undone as the ratio."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env.update({**ALLOCATOR_ENV, "PYTHONPATH": str(PROJECT_DIR)})
+    runs: dict = {}
+    for _ in range(rounds):
+        for f in families or list_models():
+            w = family_width(f)
+            configs = {"shipped": ({}, False)}
+            configs.update({k: (e, p) for k, (_, e, p) in LEVERS.items() if not p or _has_faster_layers(f, w)})
+            for name, (extra, plain) in configs.items():
+                (doc,), _ = in_processes(images, 1, 1, f, w, {**env, **extra}, plain=plain)
+                runs.setdefault(f, {}).setdefault(name, []).append(doc)
+    rows = {}
+    for f, by in runs.items():
+        shipped = float(np.median([d["img_per_s"] for d in by["shipped"]]))
+        row = {"width": family_width(f), "params": count_params(f, family_width(f))}
+        for name, docs in by.items():
+            ips = float(np.median([d["img_per_s"] for d in docs]))
+            row[name] = {
+                "img_per_s": round(ips, 1),
+                "img_per_s_each": [round(d["img_per_s"], 1) for d in docs],
+                "page_faults_per_step": _round(float(np.median([d["page_faults_per_step"] for d in docs]))),
+                "huge_pages": all(d["huge_pages"] for d in docs),
+            }
+            if name != "shipped":
+                row[name]["shipped_vs_this"] = round(shipped / ips, 3)
+        rows[f] = row
+        say(
+            f"  {f:<13} shipped {shipped:7.1f} img/s"
+            + "".join(
+                f" · {k}: {row[k]['img_per_s']:7.1f} (shipped {row[k]['shipped_vs_this']:.2f}x)"
+                for k in LEVERS
+                if k in by
+            )
+        )
+    return {"levers": {k: what for k, (what, _, _) in LEVERS.items()}, "rounds": rounds, "threads": 1, "families": rows}
 
 
 # --------------------------------------------------------------------------------------------------- the table
