@@ -33,6 +33,17 @@ def test_a_contender_the_cpu_study_finished_on_the_same_protocol_is_not_trained_
     assert ("mobilenetv2", width, 1) in planned(95)  # its other seeds still wait
 
 
+def test_the_first_students_aim_at_the_goals_with_the_family_that_won_at_1e5():
+    from fer_core.models import count_params
+
+    rows = beyond.students()
+    assert len(rows) == 7 and [r["family"] for r in rows[:2]] == ["mobilenetv2", "mobilenetv2"]
+    at_110k, at_60k = rows[0], rows[1]
+    assert at_110k["width"] == 0.561  # beside the CPU study's MobileNetV2 trained from scratch
+    assert count_params("mobilenetv2", at_110k["width"]) <= 110_000
+    assert count_params("mobilenetv2", at_60k["width"]) <= 60_000 < count_params("mobilenetv2", at_60k["width"] * 1.03)
+
+
 def test_the_whole_study_runs_on_the_cpu_through_export(tmp_path):
     out, work, log = tmp_path / "ref", tmp_path / "work", tmp_path / "progress.log"
     args = [

@@ -6,8 +6,9 @@ trains a strong teacher and the students distilled from it, exporting every fini
 - lane 1: the runs the reference study still lacks (compared with ``--reference-from``, by default the
   output folder), at the reference study's own epoch count, so they sit beside the shipped runs;
 - lane 2, in two phases: the teacher (the HW3-size CNN, ``strong`` recipe, a long schedule), then, once it
-  is done, the students distilled from it (``distill`` recipe): MobileNet at ~2e4 and ~5e4 parameters, width
-  1.0 with 3 seeds, the largest MobileNet whose shipped weights file fits 225,000 bytes, and a ~1e5 CNN;
+  is done, the students distilled from it (``distill`` recipe): MobileNetV2s at <= 110k and <= 60k parameters
+  (the goals), the seed MobileNet, the largest MobileNet whose shipped weights file fits 225,000 bytes,
+  MobileNets at ~5e4 and ~2e4 parameters, and a ~1e5 CNN;
 - lowest priority, beside lane 1: the newer contenders (MobileNetV2- and ShuffleNetV2-style, 5 budgets x 1 seed,
   and 2 more seeds at ~1e5) at the reference study's epochs and recipe, so they land on the same scatter; those
   the CPU study (``results/cpu-study``) finished on the same protocol are not trained again. They start last
@@ -35,7 +36,7 @@ import torch
 
 from fer_core.common import NUM_CLASSES, FerError
 from fer_core.jobs.queue import Job, run_configs
-from fer_core.models import count_params, create_model, solve_width
+from fer_core.models import _three_digit_widths, count_params, create_model, solve_width
 from fer_core.models.stats import state_dict_half
 from fer_core.store.files import atomic_torch_save, read_json, weights_payload
 from fer_core.store.runs import Run
@@ -95,10 +96,33 @@ def contenders() -> list[dict]:
     ]
 
 
+def widest_within(family: str, params: int) -> float:
+    """The largest width (3 significant digits) whose network has at most ``params`` parameters."""
+    near = solve_width(family, params)[0]  # within a few percent of the budget, on either side
+    fits = [w for w in _three_digit_widths(near * 0.9, near * 1.1) if count_params(family, w) <= params]
+    if not fits:
+        raise FerError(f"no {family} within {params:,} parameters near width {near:g}")
+    return max(fits)
+
+
+#: The goals a distilled student is trained for (parameters at most): the free `fer` package's mini-Xception
+#: level at <= 60k, the course's second-ranked student at <= 110k (issue goals, REPORT "Distillation")
+STUDENT_BUDGETS = (60_000, 110_000)
+
+
 def students() -> list[dict]:
-    """The distilled students, most valuable first (the order they start in when they must queue)."""
+    """The distilled students, most valuable first (the order they start in when they must queue): first the
+    MobileNetV2s aimed at the goals at <= 110k (at the CPU study's width, beside its run from scratch) and <= 60k
+    (the widest that fits), the family that won at ~1e5 on the CPU; then the seed network and its relatives."""
     fit = largest_width_under("mobilenet")
     rows = [
+        {"family": "mobilenetv2", "width": 0.561, "seed": 0, "why": "<= 110k: the CPU study's ~1e5 MobileNetV2"},
+        {
+            "family": "mobilenetv2",
+            "width": widest_within("mobilenetv2", STUDENT_BUDGETS[0]),
+            "seed": 0,
+            "why": f"<= {STUDENT_BUDGETS[0]:,} parameters: the widest MobileNetV2",
+        },
         {"family": "mobilenet", "width": 1.0, "seed": 0, "why": "the seed network, distilled"},
         {"family": "mobilenet", "width": fit, "seed": 0, "why": f"largest MobileNet within {COURSE_BYTES:,} bytes"},
         {"family": "mobilenet", "width": solve_width("mobilenet", 5e4)[0], "seed": 0, "why": "~5e4 parameters"},
@@ -109,8 +133,6 @@ def students() -> list[dict]:
             "seed": 0,
             "why": "a CNN student matched to the seed MobileNet",
         },
-        {"family": "mobilenet", "width": 1.0, "seed": 1, "why": "seed spread of the distilled seed network"},
-        {"family": "mobilenet", "width": 1.0, "seed": 2, "why": "seed spread of the distilled seed network"},
     ]
     return [{**r, "recipe": "distill", "role": "student"} for r in rows]
 
