@@ -16,10 +16,10 @@ Mechanisms, chosen by measurement (``bench`` and ``tests/test_memory.py``):
 
 Transparent huge pages for torch's large tensors (``THP_MEM_ALLOC_ENABLE=1``) were part of this until measured
 alone: with them every page the heap still gives back is a 2 MB page, zeroed (and, under the kernel's usual
-``defrag=madvise``, compacted) on each fault, and one-thread training ran slower: on this 2-core CPU, idle, one
-process per configuration, the seed MobileNet 444 img/s without them against 316 with them (1.41x), the
-MobileNetV2 224 against 193 (1.16x), the ShuffleNetV2 264 against 233 (1.14x), the CNN a tie (1,682 against
-1,721). So they are left as torch leaves them (off); a user's own ``THP_MEM_ALLOC_ENABLE`` is kept.
+``defrag=madvise``, compacted) on each fault, and one-thread training ran slower (``bench --levers`` on this
+2-core CPU, idle: without them 1.13x for the seed MobileNet, 1.18x for the MobileNetV2, 1.05x for the
+ShuffleNetV2, 1.09x for the CNN). So they are left as torch leaves them (off); a user's own
+``THP_MEM_ALLOC_ENABLE`` is kept.
 
 The price: memory a process freed is kept for reuse rather than returned, so its resident size stays near
 its peak. ``FER_MALLOC=default`` turns all of it off (for a comparison, or a machine short of memory).
