@@ -79,6 +79,8 @@ def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
         assert row["shipped"]["huge_pages"] is False and row["huge_pages"]["huge_pages"] is True  # as it says
         has_plain = family in ("mobilenetv2", "shufflenetv2")  # the families with faster layers
         assert ("plain_layers" in row) == has_plain, family
+        assert (row["shipped"]["faster_layers"] > 0) == has_plain  # the timed networks are what each row says
+        assert not has_plain or row["plain_layers"]["faster_layers"] == 0
         for lever in ("huge_pages", "plain_layers") if has_plain else ("huge_pages",):
             r = row[lever]
             ratio = row["shipped"]["img_per_s"] / r["img_per_s"]

@@ -144,6 +144,7 @@ def engine_speed(
     return {
         "img_per_s": (steps - 1) * batch / dt,
         "page_faults_per_step": None if f0 is None else (f1 - f0) / max(1, steps - 1),
+        "faster_layers": _faster_layers(model),  # what was trained, not what was asked for
     }
 
 
@@ -265,9 +266,13 @@ def _child(spec: str) -> None:  # pragma: no cover - runs in the subprocesses ab
     print(json.dumps(doc))
 
 
+def _faster_layers(model) -> int:
+    """How many of ``model``'s modules use the families' faster layers (0 once :func:`plain_layers` ran)."""
+    return sum(isinstance(m, ReLU6) or not getattr(m, "plain_shuffle", True) for m in model.modules())
+
+
 def _has_faster_layers(family: str, width: float) -> bool:
-    model = create_model(family, width)
-    return any(isinstance(m, ReLU6) or hasattr(m, "plain_shuffle") for m in model.modules())
+    return _faster_layers(create_model(family, width)) > 0
 
 
 #: each lever: (what is put back, the environment it adds, whether PyTorch's own layers are used)
@@ -303,6 +308,7 @@ def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: Non
                 "img_per_s_each": [round(d["img_per_s"], 1) for d in docs],
                 "page_faults_per_step": _round(float(np.median([d["page_faults_per_step"] for d in docs]))),
                 "huge_pages": all(d["huge_pages"] for d in docs),
+                "faster_layers": min(d["faster_layers"] for d in docs),
             }
             if name != "shipped":
                 row[name]["shipped_vs_this"] = round(shipped / ips, 3)
