@@ -162,8 +162,12 @@ def studies_ui() -> None:
         except FerError as e:
             st.error(str(e))
             continue
-        left = doc["estimate_left_s"] / 3600
-        st.subheader(f"Study `{folder.name}`: {doc['done']}/{doc['total']} runs done, about {left:.1f} h left here")
+        lanes = doc["workers"]
+        st.subheader(
+            f"Study `{folder.name}`: {doc['done']}/{doc['total']} runs done, about {doc['wall_left_s'] / 3600:.1f} h "
+            f"left here with {lanes} worker{'s' if lanes > 1 else ''} "
+            f"({doc['estimate_left_s'] / 3600:.1f} h of training)"
+        )
         cols = ["run", "params", "phase", "state", "epochs_done", "epochs", "estimate_left_s", "private_acc", "run_id"]
         st.dataframe(pd.DataFrame(doc["runs"])[cols], hide_index=True)
         st.caption(

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+from streamlit.testing.v1 import AppTest
+
 from conftest import ROOT, run_cli, wait_until
 from fer_core.store.runs import Run
 
@@ -279,3 +281,36 @@ def test_the_shipped_study_folder_holds_no_machine_state():
         s = json.loads((run / "summary.json").read_text())
         assert "pid" not in s and "host" not in s, run.name
         assert s["status"] in ("completed", "cancelled"), (run.name, s["status"])
+
+
+def test_time_left_shares_the_runs_out_over_the_workers_lanes_as_the_workers_take_them():
+    from fer_core.studies.families import lane_finish
+
+    # plan order, each run to the next free lane: 10 | 4 then 3 (the second lane frees first) | then 5 on it
+    assert lane_finish([10.0, 4.0, 3.0, 5.0], 2) == [(0, 10.0), (1, 4.0), (1, 7.0), (1, 12.0)]
+    assert lane_finish([10.0, 4.0], 1) == [(0, 10.0), (0, 14.0)]
+
+
+def test_status_says_the_time_left_with_the_workers_it_assumes(tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    protocol = {**PLAN["protocol"], "epochs": 1}
+    _write_plan(folder, {**PLAN, "protocol": protocol, "runs": PLAN["runs"][1:2]})
+    out = _study(folder)  # one run of one epoch: an epoch of this network measured here
+    assert out.returncode == 0, out.stderr
+    # two more seeds of it wait, long enough that whole seconds count: estimated from that epoch
+    more = [{**PLAN["runs"][1], "seed": s, "epochs": 500} for s in (1, 2)]
+    _write_plan(folder, {**PLAN, "protocol": protocol, "runs": PLAN["runs"][1:2] + more})
+    one, two = (
+        json.loads(run_cli("study", "families", "--out", str(folder), "--status", "--json", *w).stdout)
+        for w in ([], ["--workers", "2"])
+    )
+    assert one["workers"] == 1 and two["workers"] == 2  # nothing trains now: one lane unless told
+    assert one["wall_left_s"] == one["estimate_left_s"] == two["estimate_left_s"] > 0
+    assert two["wall_left_s"] == max(r["estimate_left_s"] for r in two["runs"]) < one["wall_left_s"]
+    text = run_cli("study", "families", "--out", str(folder), "--status", "--workers", "2").stdout
+    assert "left with 2 workers" in text.splitlines()[0]
+    monkeypatch.setenv("FER_STUDIES", str(tmp_path))  # the Train page says the same
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Train.py"), default_timeout=120).run()
+    assert not at.exception
+    head = [s.value for s in at.subheader if s.value.startswith("Study `study`")]
+    assert head and f"{one['done']}/3 runs done" in head[0] and "left here with 1 worker (" in head[0], head

@@ -12,7 +12,7 @@ from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import ray_overhead, run_bench, study_lanes
 from fer_core.studies.beyond import run_beyond
-from fer_core.studies.families import DEFAULT_DIR, progress
+from fer_core.studies.families import DEFAULT_DIR, fmt_seconds, progress
 from fer_core.studies.live_bench import live_modes_bench
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
@@ -69,14 +69,14 @@ def cmd_families(args) -> int:
         raise FerError(f"--threads {args.threads}: at least 1")
     if args.hours is not None and not args.hours > 0:
         raise FerError(f"--hours {args.hours}: a positive number of hours")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise FerError(f"--workers {args.workers}: at least 1")
     if args.status:
-        doc = progress(Path(args.out))
+        doc = progress(Path(args.out), workers=args.workers)
     else:
         doc = run_study(
             Path(args.out), args.hours, args.data, args.device, args.threads, args.dry_run,
-            workers=args.workers, lane=args.lane, until=args.until,
+            workers=args.workers or 1, lane=args.lane, until=args.until,
         )  # fmt: skip
     if args.json:
         print_json(doc)
@@ -87,8 +87,15 @@ def cmd_families(args) -> int:
 
 def progress_text(doc: dict) -> str:
     """A study's progress as the terminal shows it (``--status``)."""
+    lanes = doc["workers"]
+    left = (
+        f"about {fmt_seconds(doc['wall_left_s'])} left with {lanes} worker{'s' if lanes > 1 else ''} "
+        f"({fmt_seconds(doc['estimate_left_s'])} of training in all)"
+    )
+    if doc["unknown_estimates"]:
+        left += f", {doc['unknown_estimates']} runs not yet measured here"
     lines = [f"{doc['folder']}: {doc['done']}/{doc['total']} runs done, protocol {doc['protocol']['recipe']} "
-             f"x {doc['protocol']['epochs']} epochs"]  # fmt: skip
+             f"x {doc['protocol']['epochs']} epochs; {left}"]  # fmt: skip
     for r in doc["runs"]:
         acc = f"{r['private_acc']:.4f}" if isinstance(r["private_acc"], float) else ""
         left = "" if r["estimate_left_s"] is None else f"{r['estimate_left_s'] / 60:.0f} min left"
@@ -201,9 +208,10 @@ def register(sub) -> None:
     s.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=None,
         help="runs trained at once, each in its own process with --threads threads (default: one; "
-        "with more, --threads defaults to the cores shared out)",
+        "with more, --threads defaults to the cores shared out); with --status, the lanes its time left assumes "
+        "(default: as many as runs training now)",
     )
     s.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)  # a worker started by --workers
     s.add_argument("--until", type=float, default=None, help=argparse.SUPPRESS)  # its parent's deadline

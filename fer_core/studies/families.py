@@ -240,9 +240,24 @@ def epoch_seconds(
 # --------------------------------------------------------------------------------------------------- progress
 
 
-def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "auto") -> dict:
+def lane_finish(estimates: list[float], workers: int) -> list[tuple[int, float]]:
+    """Each waiting run's (lane, finish time in seconds from now) when ``workers`` lanes take the runs in plan
+    order, each the next free lane: what the study's workers do."""
+    free = [0.0] * workers
+    out = []
+    for est in estimates:
+        lane = min(range(workers), key=free.__getitem__)
+        free[lane] += est
+        out.append((lane, free[lane]))
+    return out
+
+
+def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "auto", workers: int | None = None) -> dict:
     """The study's state, run by run, for the pages and ``--status``: done / training / resumable / waiting,
-    epochs done, estimated seconds left (from this device's measured epochs; None where none is known)."""
+    epochs done, estimated seconds left (from this device's measured epochs; None where none is known).
+    ``estimate_left_s`` adds the runs up (one lane); ``wall_left_s`` is the time to the last run's end when
+    ``workers`` lanes share them as the study's workers do (default: as many lanes as runs training now, at
+    least one)."""
     if not (Path(folder) / "plan.json").is_file():
         raise FerError(
             f"{folder}: no study here yet (no plan.json); start one: python -m fer_core study families --out {folder}"
@@ -278,6 +293,8 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
             }
         )
     known = [r["estimate_left_s"] for r in rows if r["estimate_left_s"] is not None]
+    lanes = workers or max(1, sum(r["state"] == "training" for r in rows))
+    ends = lane_finish([r["estimate_left_s"] for r in rows if r["state"] != "done" and r["estimate_left_s"]], lanes)
     return {
         "folder": str(folder),
         "protocol": protocol,
@@ -285,6 +302,8 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
         "done": sum(r["state"] == "done" for r in rows),
         "total": len(rows),
         "estimate_left_s": sum(known),
+        "workers": lanes,
+        "wall_left_s": max((end for _, end in ends), default=0.0),
         "unknown_estimates": len(rows) - len(known),
         "check": protocol_check(rows),
         "notes": notes,

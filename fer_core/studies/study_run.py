@@ -31,6 +31,7 @@ from fer_core.studies.families import (
     Item,
     epoch_seconds,
     fmt_seconds,
+    lane_finish,
     match_runs,
     plan_digest,
     progress,
@@ -51,18 +52,6 @@ LOCK_FILE, CLAIMS_FILE = ".study-lock", ".study-claims.json"
 
 class Paused(Cancelled):
     """The study's time budget ran out: the run stops after its epoch, resumable."""
-
-
-def _lanes(estimates: list[float], workers: int) -> list[tuple[int, float]]:
-    """Each waiting run's (lane, finish time in seconds from now) when ``workers`` lanes take the runs in plan
-    order, each the next free lane: what :func:`run_study`'s workers do."""
-    free = [0.0] * workers
-    out = []
-    for est in estimates:
-        lane = min(range(workers), key=free.__getitem__)
-        free[lane] += est
-        out.append((lane, free[lane]))
-    return out
 
 
 def default_workers_threads(workers: int) -> int:
@@ -251,7 +240,7 @@ def _print_plan(folder, items, found, protocol, secs, hours, workers, threads, d
         rows.append((it, state, done, est))
         if state != "done":
             waiting.append(est)
-    finish = iter(_lanes(waiting, workers))
+    finish = iter(lane_finish(waiting, workers))
     say(f"{'#':>2} {'run':<24} {'params':>9} {'phase':<9} {'state':<10} {'epochs':>7} {'estimate':>9}  fits")
     for i, (it, state, done, est) in enumerate(rows, 1):
         mark = "done"
