@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fer_core.common import FerError
-from fer_core.models import count_params, create_model, list_models, solve_width
+from fer_core.models import count_params, create_model, list_models, solve_width, widest_within
 from fer_core.models.layers import make_divisible
 from fer_core.models.stats import count_macs, count_state_values, count_trainable, model_stats, saved_bytes
 
@@ -63,6 +63,15 @@ def test_budget_solver_lands_within_ten_percent(name, budget):
     width, params = solve_width(name, budget)
     assert abs(params / budget - 1) < 0.10
     assert count_trainable(create_model(name, width)) == params  # the width rebuilds that exact network
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "cnn", "mobilenetv2", "shufflenetv2"])
+def test_the_widest_network_within_a_hard_limit_fits_and_the_next_width_up_does_not(name):
+    for limit in (20_000, 60_000, 110_000):
+        w = widest_within(name, limit)
+        assert count_params(name, w) <= limit, (name, limit, w)
+        up = float(f"{w + 10 ** (math.floor(math.log10(w)) - 2):.3g}")  # the next 3-significant-digit width
+        assert count_params(name, up) > limit, (name, limit, up)
 
 
 def test_budget_solver_refuses_nonsense():

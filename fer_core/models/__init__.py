@@ -135,6 +135,16 @@ def _three_digit_widths(a: float, b: float, points: int = 200) -> list[float]:
     return sorted({float(f"{a + (b - a) * i / points:.3g}") for i in range(points + 1)})
 
 
+def widest_within(name: str, params: int, num_classes: int = NUM_CLASSES) -> float:
+    """The largest width (3 significant digits) whose network has at most ``params`` parameters: a hard limit,
+    where :func:`solve_width` takes the nearest on either side."""
+    near = solve_width(name, params, num_classes)[0]  # within a few percent of the budget, on either side
+    fits = [w for w in _three_digit_widths(near * 0.9, near * 1.1) if count_params(name, w, num_classes) <= params]
+    if not fits:
+        raise FerError(f"no {name} within {params:,} parameters near width {near:g}")
+    return max(fits)
+
+
 def budget_note(name: str, budget: float, num_classes: int = NUM_CLASSES) -> str | None:
     """None when ``solve_width`` lands within 5% of ``budget``; else one line naming the nearest network
     above and below (channel counts are rounded, so some budgets lie between two networks)."""

@@ -36,7 +36,7 @@ import torch
 
 from fer_core.common import NUM_CLASSES, FerError
 from fer_core.jobs.queue import Job, run_configs
-from fer_core.models import _three_digit_widths, count_params, create_model, solve_width
+from fer_core.models import count_params, create_model, solve_width, widest_within
 from fer_core.models.stats import state_dict_half
 from fer_core.store.files import atomic_torch_save, read_json, weights_payload
 from fer_core.store.runs import Run
@@ -94,15 +94,6 @@ def contenders() -> list[dict]:
         {"family": f, "width": solve_width(f, b)[0], "seed": s, "recipe": "seed", "role": "contender"}
         for f, b, s in rows
     ]
-
-
-def widest_within(family: str, params: int) -> float:
-    """The largest width (3 significant digits) whose network has at most ``params`` parameters."""
-    near = solve_width(family, params)[0]  # within a few percent of the budget, on either side
-    fits = [w for w in _three_digit_widths(near * 0.9, near * 1.1) if count_params(family, w) <= params]
-    if not fits:
-        raise FerError(f"no {family} within {params:,} parameters near width {near:g}")
-    return max(fits)
 
 
 #: The goals a distilled student is trained for (parameters at most): the free `fer` package's mini-Xception
