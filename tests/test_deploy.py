@@ -347,3 +347,45 @@ def test_the_int8_sensitivity_sweep_tries_each_layer_in_fp32_and_keeps_what_pays
     q, settings = quantize_int8(fp32, np.zeros((8, 48, 48), np.uint8), keep_fp32=(doc["layers"][0]["node"],))
     assert doc["layers"][0]["node"] in settings["fp32_nodes"]
     assert len(q) > len(quantize_int8(fp32, np.zeros((8, 48, 48), np.uint8))[0])
+
+
+def test_paired_loss_counts_faces_lost_and_gained_with_their_standard_error():
+    from fer_core.studies.format_cost import paired_loss
+
+    fp32 = np.array([1, 1, 1, 0, 0, 1, 0, 1], bool)
+    var = np.array([1, 0, 1, 1, 0, 0, 0, 1], bool)  # two lost, one gained, of 8
+    p = paired_loss(fp32, var)
+    assert (p["lost"], p["gained"], p["faces"]) == (2, 1, 8) and p["loss_pts"] == 12.5
+    d = var.astype(int) - fp32.astype(int)
+    assert p["se_pts"] == round(100 * d.std() / np.sqrt(8), 3)  # the population sd of d over sqrt(n)
+    same = paired_loss(fp32, fp32)
+    assert same["lost"] == same["gained"] == 0 and same["loss_pts"] == same["se_pts"] == 0
+
+
+def test_format_cost_compares_each_variant_with_its_fp32_network_face_by_face(trained_run, monkeypatch):
+    from fer_core.data.sources import load
+    from fer_core.serving.models import load_model
+    from fer_core.serving.onnx import ort_session, to_onnx
+    from fer_core.studies import variants as deploy
+    from fer_core.studies.format_cost import format_cost
+
+    monkeypatch.setenv("FER_RUNS", str(trained_run.parent))
+    deploy.export_variants(trained_run.name, formats=("fp32", "int8"), calibration_images=64, say=lambda *a: None)
+    doc = format_cost([trained_run.name], say=lambda *a: None)
+    rows = {r["format"]: r for r in doc["variants"]}
+    assert {"fp32", "int8"} <= set(rows) and all(r["parent"] == trained_run.name for r in rows.values())
+    assert rows["fp32"]["both"]["lost"] == rows["fp32"]["both"]["gained"] == 0  # the same network, the same runtime
+    fd = load("synthetic")
+    fp32 = ort_session(to_onnx(load_model(trained_run.name).model, {}))
+    int8 = ort_session(trained_run.parent / f"{trained_run.name}-onnx-int8" / "model.onnx")
+    x, y = fd.split("private")
+    a, b = fp32.logits(x).argmax(1) == y, int8.logits(x).argmax(1) == y
+    assert rows["int8"]["private"]["lost"] == int((a & ~b).sum()) and rows["int8"]["private"]["gained"] == int(
+        (b & ~a).sum()
+    )
+    assert rows["int8"]["both"]["faces"] == len(fd.public_y) + len(fd.private_y)
+    assert doc["by_format"]["int8"]["files"] == 1 and set(
+        format_cost([], ("int8",), say=lambda *a: None)["by_format"]
+    ) == {"int8"}
+    with pytest.raises(FerError, match="no ONNX variant"):
+        format_cost([trained_run.name], ("int8-qat",), say=lambda *a: None)

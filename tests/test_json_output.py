@@ -43,6 +43,13 @@ def store(tmp_path_factory):
     return {"env": env, "run": run_id, "photo": str(photo), "root": root}
 
 
+def _exported(s) -> list[str]:
+    """The run with an int8 variant (exported here if the export-onnx case has not yet)."""
+    r = run_cli("export-onnx", s["run"], "--formats", "int8", "--calibration-images", "32", env=s["env"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [s["run"]]
+
+
 def _tiny_study(folder):
     folder.mkdir(exist_ok=True)
     plan = {"protocol": {"epochs": 1}, "runs": [{"family": "cnn", "width": 0.1, "seed": 0}]}
@@ -82,6 +89,7 @@ CASES = {
         "--out",
         str(s["root"] / "int8"),
     ],  # fmt: skip
+    "format-cost": lambda s: _exported(s),
     "compare": lambda s: [],
     "jobs": lambda s: [],
     "ray-token": lambda s: ["--generate", str(s["root"] / "ray-token")],  # a token file of its own

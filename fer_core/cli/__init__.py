@@ -27,7 +27,7 @@ COMMANDS = {
     **dict.fromkeys(["status", "data"], "data"),
     **dict.fromkeys(["train", "prune", "sweep", "recipes"], "training"),
     **dict.fromkeys(["export", "compare", "figures", "eval", "runs"], "runs"),
-    **dict.fromkeys(["export-onnx", "int8-sensitivity", "predict"], "serving"),
+    **dict.fromkeys(["export-onnx", "int8-sensitivity", "format-cost", "predict"], "serving"),
     **dict.fromkeys(["face-template", "eval-faces"], "faces"),
     **dict.fromkeys(["jobs", "cancel", "ray-token", "queue"], "jobs"),
     **dict.fromkeys(["reference", "study", "bench"], "studies"),
@@ -48,7 +48,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 #: commands that read the results store: each says its duplicate and damaged run folders on stderr
 STORE_COMMANDS = {
-    "runs", "compare", "figures", "eval", "predict", "export", "export-onnx", "int8-sensitivity", "study", "jobs",
+    "runs", "compare", "figures", "eval", "predict", "export", "export-onnx", "int8-sensitivity", "format-cost",
+    "study", "jobs",
 }  # fmt: skip
 
 

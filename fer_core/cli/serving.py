@@ -1,4 +1,5 @@
-"""`predict` and `export-onnx`: faces in an image classified by several models, deployable ONNX variants."""
+"""`predict`, `export-onnx`, `int8-sensitivity` and `format-cost`: faces in an image classified by several models,
+deployable ONNX variants, and what their formats cost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fer_core.serving.models import load_model
 from fer_core.serving.onnx import DEFAULT_FORMATS
 from fer_core.store.files import read_json
 from fer_core.store.runs import iter_runs, reference_dir
+from fer_core.studies.format_cost import format_cost
 from fer_core.studies.int8_sweep import int8_sensitivity
 from fer_core.studies.variants import export_variants
 
@@ -53,6 +55,20 @@ def cmd_int8_sensitivity(args) -> int:
     docs = [int8_sensitivity(r, args.data, args.calibration_images, args.goal, args.out, say) for r in args.runs]
     if args.json:
         print_json(docs)
+    return 0
+
+
+def cmd_format_cost(args) -> int:
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else ()
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    doc = format_cost(args.runs, formats, args.family, args.data, say)
+    if args.json:
+        print_json(doc)
+        return 0
+    print("per format, over both splits (each file weighs the same; ± the measurement's standard error):")
+    for fmt, p in doc["by_format"].items():
+        print(f"  {fmt:<9} {p['files']:>3} files: mean {p['mean_loss_pts']:+.2f} ± {p['se_pts']:.2f} pts lost, worst "
+              f"{p['worst_pts']:+.2f}; {p['within_0.2']} of {p['files']} lose at most 0.2")  # fmt: skip
     return 0
 
 
@@ -124,6 +140,17 @@ def register(sub) -> None:
     s.add_argument("--out", default=None, help="where RUN.json goes (default: results/int8/)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_int8_sensitivity)
+
+    s = sub.add_parser(
+        "format-cost",
+        help="what each ONNX variant loses against its fp32 network, face by face, with its standard error",
+    )
+    s.add_argument("runs", nargs="*", metavar="RUN", help="variants, or parents for all their variants (default: all)")
+    s.add_argument("--formats", default=None, help="a comma-separated subset of fp32,fp16,int8,int8-qat (default: all)")
+    s.add_argument("--family", default=None, help="only this family's variants")
+    s.add_argument("--data", default=None, help="the parents' data (default: found as for the parents)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_format_cost)
 
     s = sub.add_parser("predict", help="find faces in an image and classify each with several models")
     s.add_argument("image")
