@@ -329,7 +329,8 @@ def test_a_variant_is_refused_as_teacher_or_init_with_its_parent_named(trained_r
 
 
 def test_the_int8_sensitivity_sweep_tries_each_layer_in_fp32_and_keeps_what_pays(trained_run, tmp_path):
-    from fer_core.serving.onnx import parse_onnx, quantize_int8, to_onnx
+    from fer_core.serving.int8 import quantize_int8
+    from fer_core.serving.onnx import parse_onnx, to_onnx
     from fer_core.store.loading import load_torch_model
     from fer_core.studies.int8_sweep import int8_sensitivity
 
@@ -389,3 +390,59 @@ def test_format_cost_compares_each_variant_with_its_fp32_network_face_by_face(tr
     ) == {"int8"}
     with pytest.raises(FerError, match="no ONNX variant"):
         format_cost([trained_run.name], ("int8-qat",), say=lambda *a: None)
+
+
+def _saturating_qdq_conv(channels: int = 64) -> bytes:
+    """x (uint8 at 255) -> 1x1 conv with every int8 weight at 127 -> uint8: the case where uint8 x int8 kernels that
+    add pairs of products in 16 bits saturate (255 x 127 x 2 > 32,767), on x86 CPUs without VNNI."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = channels
+    inits = [
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "s_x"),
+        numpy_helper.from_array(np.array(0, np.uint8), "z_x"),
+        numpy_helper.from_array(np.full((4, c, 1, 1), 127, np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4, 1 / 127, np.float32), "s_w"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "z_w"),
+        numpy_helper.from_array(np.array(c / 255, np.float32), "s_y"),
+        numpy_helper.from_array(np.array(0, np.uint8), "z_y"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "s_x", "z_x"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "s_w", "z_w"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s_y", "z_y"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "s_y", "z_y"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_int8_weights_are_stored_as_uint8_so_every_cpu_computes_the_graph_exactly(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from fer_core.serving.onnx import ort_session, parse_onnx, uint8_weights
+
+    blob = _saturating_qdq_conv()
+    proto = parse_onnx(blob)
+    assert uint8_weights(proto) == 1 and uint8_weights(proto) == 0  # once: the second call finds none left
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert w["w_q"].dtype == np.uint8 and (w["w_q"] == 255).all() and (w["w_q_zero_point_u8"] == 128).all()
+    assert "z_w" not in w  # the int8 zero point no one reads any more is gone
+    x = {"x": np.ones((1, 64, 4, 4), np.float32)}  # every input at the top of its uint8 range
+    # what the graph says: 64 inputs of 1.0 times weights of 1.0 = 64 everywhere (on an AVX2 CPU without VNNI
+    # the int8 file as written gives 32.4); ort_session re-encodes the file it is given
+    assert np.allclose(ort_session(blob).session.run(None, x)[0], 64.0)
+    # and ONNX Runtime runs it as its int8 kernel, not as fp32 arithmetic
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, x)
+    assert "QLinearConv" in {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}

@@ -17,7 +17,8 @@ pytest.importorskip("onnxruntime")
 
 from test_deploy import _randomise_batchnorm, trained_run  # noqa: E402, F401 - the module's trained run fixture
 
-from fer_core.serving.onnx import fold_batchnorm, int8_weights, ort_session, parse_onnx, qat_to_onnx, to_onnx  # noqa: E402
+from fer_core.serving.int8 import int8_weights, qat_to_onnx  # noqa: E402
+from fer_core.serving.onnx import fold_batchnorm, ort_session, parse_onnx, to_onnx  # noqa: E402
 
 
 def _faces(n=96, seed=0):
@@ -79,9 +80,13 @@ def test_the_onnx_file_stores_int8_weights_and_computes_the_fine_tuned_network(t
     blob = qat_to_onnx(q)
     proto = parse_onnx(blob)
     graph = proto.graph
-    int8 = [t for t in graph.initializer if t.data_type == TensorProto.INT8]
+    # the int8 weights, stored as uint8 + 128 (zero point 128) so that every CPU computes them exactly
+    int8 = [t for t in graph.initializer if t.data_type == TensorProto.UINT8 and t.name.endswith("_zero_point_u8")]
+    int8 = [t for t in graph.initializer if t.data_type == TensorProto.UINT8 and f"{t.name}_zero_point_u8" in
+            {z.name for z in int8}]  # fmt: skip
+    assert not [t for t in graph.initializer if t.data_type == TensorProto.INT8]
     layers = quant.quantized_layers(q)
-    assert len(int8) == len(layers)  # one int8 weight tensor per quantized layer, holding all its weights
+    assert len(int8) == len(layers)  # one weight tensor per quantized layer, holding all its weights
     assert sum(int(np.prod(t.dims)) for t in int8) == sum(m.layer.weight.numel() for m in layers)
     assert sum(t.data_type == TensorProto.INT32 for t in graph.initializer) == len(layers)  # and its bias
     inits = {t.name for t in graph.initializer}
@@ -94,10 +99,17 @@ def test_the_onnx_file_stores_int8_weights_and_computes_the_fine_tuned_network(t
     x, _ = _faces(64, seed=1)
     xn = normalize(x)
     got = ort_session(blob)(xn).numpy()
-    assert np.abs(got - ort_session(qdq)(xn).numpy()).max() < 1e-3  # the int32 biases' rounding, no more
-    # ONNX Runtime runs the quantized layers as int8 kernels, not as fp32 layers between rounding steps
     import onnx
     import onnxruntime as ort
+
+    # against the graph's own arithmetic (no kernels fused: every QDQ pair computed in fp32) of the same network
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(qdq, plain, providers=["CPUExecutionProvider"]).run(None, {"image": xn.numpy()})[0]
+    # equal on almost every face; elsewhere a value at a rounding tie moved one step (the int32 biases' rounding)
+    diff = np.abs(got - exact).max(1)
+    assert (diff < 1e-5).mean() >= 0.75 and diff.max() < 5e-3, diff
+    # ONNX Runtime runs the quantized layers as int8 kernels, not as fp32 layers between rounding steps
 
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")

@@ -10,7 +10,7 @@ post-training int8 files quantize) so that training sees the rounding int8 bring
 
 Both are ``torch.fake_quantize_*`` ops: exact rounding in the forward pass, the straight-through gradient inside
 the range and none outside it. Exported with the TorchScript exporter they become QuantizeLinear /
-DequantizeLinear pairs (:func:`fer_core.serving.onnx.qat_to_onnx` stores the weights as int8), so the file
+DequantizeLinear pairs (:func:`fer_core.serving.int8.qat_to_onnx` stores the weights as int8), so the file
 runs the arithmetic the network was fine-tuned with.
 """
 

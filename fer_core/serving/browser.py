@@ -23,7 +23,7 @@ from fer_core.common import EMOTIONS, FerError
 from fer_core.data.sources import cache_dir
 from fer_core.serving import detection, inference, live
 from fer_core.serving.align import load_template
-from fer_core.serving.onnx import any_input_size, to_onnx
+from fer_core.serving.onnx import any_input_size, parse_onnx, to_onnx, uint8_weights
 from fer_core.store.loading import load_torch_model
 
 #: A stats message larger than this (as JSON) is refused: it carries more than numbers.
@@ -67,7 +67,10 @@ def model_onnx(path: str | Path) -> bytes:
     path = Path(path)
     own = path / "model.onnx"
     if own.is_file():
-        return own.read_bytes()
+        proto = parse_onnx(own)
+        # an int8 file written before its weights were stored as uint8: sent as one, so the browser computes it
+        # as the server does (uint8_weights)
+        return proto.SerializeToString() if uint8_weights(proto) else own.read_bytes()
     weights = next((path / n for n in ("weights.pt", "weights_fp16.pt") if (path / n).is_file()), None)
     if weights is None:
         raise FerError(f"{path}: no weights.pt or model.onnx to send to the browser")

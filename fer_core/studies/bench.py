@@ -33,14 +33,13 @@ from fer_core.jobs.ray_backend import backend_spec, connect, run_ray_job
 from fer_core.models import count_params, create_model, list_models, quant
 from fer_core.serving.detection import get_detector
 from fer_core.serving.inference import demo_frame, predict
+from fer_core.serving.int8 import qat_to_onnx, quantize_int8
 from fer_core.serving.live import LiveProcessor
 from fer_core.serving.models import use_onnxruntime
 from fer_core.serving.onnx import (
     fold_batchnorm,
     latency_ms,
     ort_session,
-    qat_to_onnx,
-    quantize_int8,
     to_onnx,
     weights_to_fp16,
 )

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_core.data.sources import load
-from fer_core.serving.onnx import ort_session, parse_onnx, quantize_int8, to_onnx
+from fer_core.serving.int8 import quantize_int8
+from fer_core.serving.onnx import ort_session, parse_onnx, to_onnx
 from fer_core.store.files import atomic_write_json
 from fer_core.store.loading import load_torch_model
 from fer_core.store.runs import RESULTS_DIR

@@ -24,6 +24,7 @@ import torch
 from fer_core.common import NUM_CLASSES, FerError
 from fer_core.data import sources as fer_data
 from fer_core.models.stats import cpu_latency_ms
+from fer_core.serving.int8 import qat_to_onnx, quantize_int8
 from fer_core.serving.models import load_model
 from fer_core.serving.onnx import (
     CALIBRATION_IMAGES,
@@ -40,8 +41,6 @@ from fer_core.serving.onnx import (
     ort_session,
     parity,
     parse_onnx,
-    qat_to_onnx,
-    quantize_int8,
     set_onnx_meta,
     to_onnx,
     weights_to_fp16,
