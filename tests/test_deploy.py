@@ -130,6 +130,12 @@ def test_variants_are_derived_runs_with_parent_bytes_and_accuracy(trained_run, m
     assert int8["bytes"] < fp32["bytes"] / 2.5
     assert abs(int8["public_acc"] - fp32["public_acc"]) <= 0.05, "int8 stays close in accuracy"
     assert int8["export"]["quantization"]["calibration"]["split"] == "train"
+    # its weights are stored as uint8 (+ 128): ONNX Runtime's exact kernels on every CPU
+    import onnx
+
+    dtypes = {t.data_type for t in onnx.load(folders[2] / "model.onnx").graph.initializer}
+    assert onnx.TensorProto.UINT8 in dtypes and onnx.TensorProto.INT8 not in dtypes
+    assert int8["export"]["quantization"]["weights_stored"].startswith("uint8 + 128")
 
     df = table()
     assert set(df["format"]) == {"torch", "onnx-fp32", "onnx-fp16", "onnx-int8"}
