@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, run_cli, wait_until
@@ -187,6 +188,24 @@ def test_sigterm_stops_the_study_and_its_workers_cleanly_and_the_next_start_resu
     assert out.returncode == 0, out.stderr
     assert "killed or crashed" not in out.stderr
     assert f"cnn w0.05 s0: resuming from epoch {stopped[('cnn', 0.05)]}" in out.stderr
+
+
+def test_a_stop_while_an_epoch_s_files_are_written_waits_until_all_three_are():
+    """The race the SIGTERM test once lost: a stop between an epoch's metrics row and its checkpoint recorded the
+    epoch without its checkpoint. Now the stop is raised once the row, checkpoint and summary are all written."""
+    from fer_core.training import trainer
+
+    written = []
+    with pytest.raises(trainer.Cancelled, match="asked"):
+        with trainer._epoch_files():
+            written.append("metrics")
+            trainer.cancel(trainer.Cancelled("asked"))  # what the SIGTERM handler calls
+            written += ["checkpoint", "summary"]  # still written
+    assert written == ["metrics", "checkpoint", "summary"]
+    with pytest.raises(trainer.Cancelled):  # elsewhere the stop is immediate
+        trainer.cancel()
+    with trainer._epoch_files():  # and nothing is left pending for the next epoch
+        pass
 
 
 def test_a_budget_stops_after_an_epoch_and_the_next_start_continues(tmp_path):

@@ -40,7 +40,7 @@ from fer_core.studies.families import (
     run_state,
 )
 from fer_core.training.device import cpu_cores, device_name, resolve_device
-from fer_core.training.trainer import Cancelled, fit
+from fer_core.training.trainer import Cancelled, cancel, fit
 
 try:
     import fcntl
@@ -221,7 +221,7 @@ def _stop_on_sigterm(children: list[subprocess.Popen]) -> Callable[[], None]:
         for c in children:
             if c.poll() is None:
                 c.terminate()
-        raise Cancelled("stopped (SIGTERM); `study families` resumes it from its last finished epoch")
+        cancel(Cancelled("stopped (SIGTERM); `study families` resumes it from its last finished epoch"))
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)

@@ -17,6 +17,7 @@ import copy
 import signal
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,13 +60,36 @@ class Cancelled(BaseException):
     """Raised inside a training process when it is asked to stop (SIGTERM, or the dashboard's cancel)."""
 
 
+#: while an epoch's files are written: whether, and the stop that came meanwhile (signals arrive in the main thread)
+_EPOCH_FILES: dict = {"writing": False, "stop": None}
+
+
+def cancel(stop: Cancelled | None = None) -> None:
+    """Stop this process's training (a signal handler's call): raise ``stop`` now or, while an epoch's files are
+    being written (its metrics row, checkpoint and summary), as soon as they all are, so that no epoch is ever
+    recorded without its checkpoint."""
+    stop = stop or Cancelled()
+    if _EPOCH_FILES["writing"]:
+        _EPOCH_FILES["stop"] = stop
+        return
+    raise stop
+
+
+@contextmanager
+def _epoch_files():
+    _EPOCH_FILES["writing"] = True
+    try:
+        yield
+    finally:
+        _EPOCH_FILES["writing"] = False
+        stop, _EPOCH_FILES["stop"] = _EPOCH_FILES["stop"], None
+    if stop is not None:
+        raise stop
+
+
 def install_cancel_handler() -> None:
     """Turn SIGTERM into :class:`Cancelled` so the run is recorded as cancelled, not failed."""
-
-    def _handler(signum, frame):
-        raise Cancelled()
-
-    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: cancel())
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -330,19 +354,20 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
         "elapsed_s": round(elapsed, 2),
         "eta_s": round(epoch_s * (cfg.train.epochs - epoch), 1),
     }
-    tr.run.append_metrics(row)
-    if epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every == 0:
-        _checkpoint(tr, epoch, elapsed)
     best = max(tr.best.acc, tr.best_ema.acc)
-    tr.run.update_summary(
-        status="running",
-        heartbeat=time.time(),
-        epochs_done=epoch,
-        best_epoch=tr.best.epoch,
-        best_public_acc=best,
-        img_per_s=round(tr.images / tr.train_time, 1) if tr.train_time else None,
-        wall_s=round(elapsed, 2),
-    )
+    with _epoch_files():  # a stop asked for meanwhile waits until the three are written
+        tr.run.append_metrics(row)
+        if epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every == 0:
+            _checkpoint(tr, epoch, elapsed)
+        tr.run.update_summary(
+            status="running",
+            heartbeat=time.time(),
+            epochs_done=epoch,
+            best_epoch=tr.best.epoch,
+            best_public_acc=best,
+            img_per_s=round(tr.images / tr.train_time, 1) if tr.train_time else None,
+            wall_s=round(elapsed, 2),
+        )
     emit({"type": "epoch", "run_id": tr.run.run_id, "epochs": cfg.train.epochs, "best_public_acc": best, **row})
 
 
