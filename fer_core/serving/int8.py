@@ -91,7 +91,8 @@ def qat_to_onnx(model: nn.Module, meta: dict | None = None) -> bytes:
     """A frozen quantization-aware network (:func:`fer_core.training.qat.finetune_qat`) as an int8 ONNX file:
     the export writes each fake-quantize op as a QuantizeLinear/DequantizeLinear pair, so ONNX Runtime computes
     the rounding the network was fine-tuned with; the weights are then stored as the int8 values their
-    QuantizeLinear would produce (a quarter of the bytes), read by the DequantizeLinear directly."""
+    QuantizeLinear would produce (a quarter of the bytes; kept as uint8 + 128, see :func:`int8_weights`), read by
+    the DequantizeLinear directly."""
     return int8_weights(to_onnx(model, meta))
 
 
@@ -100,7 +101,8 @@ def int8_weights(onnx_bytes: bytes) -> bytes:
     point's type, rounded half to even and saturated as the operator specifies), and store the bias of every
     Conv/Gemm whose input and weights are dequantized as int32 at their scales' product: what ONNX Runtime needs
     to run the layer as one int8 kernel (QLinearConv, QGemm). The graph computes the same but for the biases'
-    rounding (at most half the product of the input's and the weights' scales, far below one output step)."""
+    rounding (at most half the product of the input's and the weights' scales, far below one output step). The
+    int8 weights are finally stored as uint8 + 128 (:func:`fer_core.serving.onnx.uint8_weights`)."""
     onnx, _ = need_onnx()
     from onnx import numpy_helper
 
