@@ -396,6 +396,8 @@ def test_format_cost_compares_each_variant_with_its_fp32_network_face_by_face(tr
     ) == {"int8"}
     with pytest.raises(FerError, match="no ONNX variant"):
         format_cost([trained_run.name], ("int8-qat",), say=lambda *a: None)
+    with pytest.raises(FerError, match="other data"):  # other faces than the parent's: refused, not scored
+        format_cost([trained_run.name], ("int8",), data="synthetic:140", say=lambda *a: None)
 
 
 def _saturating_qdq_conv(channels: int = 64) -> bytes:

@@ -104,6 +104,10 @@ def format_cost(refs: list[str], formats: tuple[str, ...] = (), family: str | No
         raise FerError(f"the variants come from different data ({', '.join(sorted(map(str, datas)))}): give --family "
                        "or run ids of one")  # fmt: skip
     fd = fer_data.load(data if data is not None else find_run(variants[0].summary()["derived_from"]).data_spec())
+    other = [r.run_id for r in variants if r.summary().get("data_fingerprint") not in (None, fd.fingerprint)]
+    if other:  # another file of the same name: its splits would score the variants on faces they never saw
+        raise FerError(f"{other[0]} was evaluated on other data than {fd.name} (fingerprint {fd.fingerprint}): give "
+                       "its parent's data with --data")  # fmt: skip
     cache: dict = {}
     rows = []
     for v in sorted(variants, key=lambda r: (r.summary().get("format", ""), r.summary().get("params") or 0, r.run_id)):

@@ -203,10 +203,11 @@ def run_study(
         for c in children:
             c.wait()
         restore()
-    final = progress(folder)
+    final = progress(folder, workers=workers)
     if not lane:
-        left = fmt_seconds(final["estimate_left_s"])
-        say(f"study: {final['done']}/{final['total']} runs done; about {left} left on this device")
+        left = fmt_seconds(final["wall_left_s"])
+        say(f"study: {final['done']}/{final['total']} runs done; about {left} left on this device with {workers} "
+            f"worker{'s' if workers > 1 else ''}")  # fmt: skip
     return final
 
 
