@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
+# one folder for the compiled CPU kernel (models.fused) for the whole session, its subprocesses included: each
+# test's own cache folder would compile it again for every training a test starts
+os.environ.setdefault("FER_KERNELS", tempfile.mkdtemp(prefix="fer-kernels-"))
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fer_core.models.fused import kernel_status
 from fer_core.studies.bench import run_bench
 
 
@@ -81,7 +82,10 @@ def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
         assert ("plain_layers" in row) == has_plain, family
         assert (row["shipped"]["faster_layers"] > 0) == has_plain  # the timed networks are what each row says
         assert not has_plain or row["plain_layers"]["faster_layers"] == 0
-        for lever in ("huge_pages", "plain_layers") if has_plain else ("huge_pages",):
+        # the fused BatchNorm kernel where this machine compiles it (CI does), PyTorch's own with FER_FUSED=0
+        assert (row["shipped"]["fused_bn_act"] > 0) == (kernel_status()["mode"] == "fused")
+        assert row["unfused"]["fused_bn_act"] == 0
+        for lever in ("huge_pages", "unfused", "plain_layers") if has_plain else ("huge_pages", "unfused"):
             r = row[lever]
             ratio = row["shipped"]["img_per_s"] / r["img_per_s"]
             assert r["img_per_s"] > 0 and r["shipped_vs_this"] == pytest.approx(ratio, abs=2e-3)

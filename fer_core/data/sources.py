@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_core.common import FerError
-from fer_core.common.paths import PROJECT_DIR
+from fer_core.common.paths import PROJECT_DIR, cache_dir
 from fer_core.data.dataset import SPLITS, FerData, validate
 from fer_core.data.formats import LOADERS, find_in_dir, kind_of, load_npz
 from fer_core.data.synthetic import DEFAULT_SIZES, make_split
@@ -100,11 +100,6 @@ def load(spec: str | os.PathLike | None = None, *, cache: bool = True, synthetic
 
 
 # --------------------------------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    """Where parsed arrays are kept: ``$FER_CACHE``, else ``~/.cache/fer-lab``."""
-    return Path(os.environ.get("FER_CACHE") or Path.home() / ".cache" / "fer-lab")
 
 
 def _source_stamp(path: Path) -> str:

@@ -2,12 +2,14 @@
 
 A *family* is one module in this package that builds a network from a width multiplier (and dropout) and
 registers it in one line, ``register_family("name", build, "what it is")``. Every module here except
-``layers``, ``stats`` and ``quant`` is imported when the package is, so a new file is all a new family needs: the
-solver, ``models``, ``describe``, ``train --model``, sweeps, the studies and the dashboard's pages list it from here.
+``layers``, ``stats``, ``quant`` and ``fused`` is imported when the package is, so a new file is all a new family
+needs: the solver, ``models``, ``describe``, ``train --model``, sweeps, the studies and the dashboard's pages list
+it from here.
 
 ``create_model(name, width=...)`` and ``list_models()`` feed the command line, the dashboard's select boxes and
 a parametrized test over every model; ``stats`` counts parameters, state values, bytes, MACs and CPU latency;
-``quant`` makes a folded network quantization-aware (fake-quantized int8, for ``training.qat``).
+``quant`` makes a folded network quantization-aware (fake-quantized int8, for ``training.qat``); ``fused`` runs
+BatchNorm and its activation as one compiled CPU kernel while training.
 May import only :mod:`fer_core.common` and torch.
 """
 
@@ -160,7 +162,7 @@ def budget_note(name: str, budget: float, num_classes: int = NUM_CLASSES) -> str
 def _discover() -> None:
     """Import every family module of this package (each registers itself)."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name not in ("layers", "stats", "quant") and not info.name.startswith("_"):
+        if info.name not in ("layers", "stats", "quant", "fused") and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

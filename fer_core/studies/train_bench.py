@@ -10,7 +10,8 @@
   limit (bandwidth / bytes per image) the engine reaches.
 - **Its levers, one at a time** (``bench --levers``): the engine as shipped against the same engine with one
   thing put back as it was (torch's transparent huge pages; PyTorch's own layers where the families use faster
-  equivalents), one thread per process as a study worker trains, each configuration in a process of its own,
+  equivalents; PyTorch's BatchNorm and activation instead of the fused kernel), one thread per process as a
+  study worker trains, each configuration in a process of its own,
   the configurations interleaved over rounds and their medians compared: ratios measured in one run.
 """
 
@@ -35,6 +36,7 @@ from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.common.paths import PROJECT_DIR
 from fer_core.data.synthetic import make_split
 from fer_core.models import count_params, create_model, list_models, solve_width
+from fer_core.models.fused import fuse_bn_act
 from fer_core.models.layers import ReLU6, plain_layers
 from fer_core.models.stats import training_bytes_per_image
 from fer_core.training.config import RunConfig
@@ -125,6 +127,7 @@ def engine_speed(
     if plain:
         plain_layers(model)
     model = model.to(dev).to(memory_format=memory_format(dev))
+    fused = fuse_bn_act(model) if dev.type == "cpu" else 0  # as the trainer does
     cfg = RunConfig()
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     graphed = dev.type == "cuda" and graph
@@ -145,6 +148,7 @@ def engine_speed(
         "img_per_s": (steps - 1) * batch / dt,
         "page_faults_per_step": None if f0 is None else (f1 - f0) / max(1, steps - 1),
         "faster_layers": _faster_layers(model),  # what was trained, not what was asked for
+        "fused_bn_act": fused,
     }
 
 
@@ -279,6 +283,7 @@ def _has_faster_layers(family: str, width: float) -> bool:
 LEVERS = {
     "huge_pages": ("torch's transparent huge pages (THP_MEM_ALLOC_ENABLE=1)", {"THP_MEM_ALLOC_ENABLE": "1"}, False),
     "plain_layers": ("PyTorch's own layers (nn.ReLU6 in place, cat then shuffle)", {}, True),
+    "unfused": ("PyTorch's BatchNorm and activation kernels (FER_FUSED=0)", {"FER_FUSED": "0"}, False),
 }
 
 
@@ -309,6 +314,7 @@ def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: Non
                 "page_faults_per_step": _round(float(np.median([d["page_faults_per_step"] for d in docs]))),
                 "huge_pages": all(d["huge_pages"] for d in docs),
                 "faster_layers": min(d["faster_layers"] for d in docs),
+                "fused_bn_act": min(d["fused_bn_act"] for d in docs),
             }
             if name != "shipped":
                 row[name]["shipped_vs_this"] = round(shipped / ips, 3)

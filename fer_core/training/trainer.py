@@ -30,6 +30,7 @@ from fer_core.common.memory import page_faults, tune_allocator
 from fer_core.data.dataset import SPLITS, FerData
 from fer_core.data.sources import cache_dir, load
 from fer_core.models import create_model, solve_width
+from fer_core.models.fused import fuse_bn_act, kernel_status, unfuse_bn_act
 from fer_core.models.layers import fit_shapes
 from fer_core.models.stats import model_stats
 from fer_core.store.files import atomic_torch_save, atomic_write_json, read_json, weights_payload
@@ -137,6 +138,7 @@ class _Trainer:
     start_epoch: int = 0
     prune_at: list[int] = field(default_factory=list)  # epochs at whose start a pruning step happens
     prune_targets: list[int] = field(default_factory=list)  # parameters after each of those steps
+    fused: int = 0  # BatchNorm layers trained by the fused CPU kernel (models.fused); 0 on a GPU or without it
     wall_before: float = 0.0
     t_start: float = 0.0
     train_time: float = 0.0
@@ -197,6 +199,9 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         "torch": torch.__version__,
         "fer_lab": VERSION,
         "allocator": {k: v for k, v in tune_allocator().items() if k != "env"},
+        "bn_act": kernel_status()
+        if device.type == "cpu"
+        else {"mode": "torch", "why": f"{device.type}: its own kernels"},
     }
     tr = _Trainer(cfg=cfg, run=run, data=data, device=device, model=model, base=base, t_start=t_start)
     if cfg.prune.parent:
@@ -248,6 +253,8 @@ def _build_step(tr: _Trainer) -> None:
     cfg, device = tr.cfg, tr.device
     batch = tr.base["batch_size"]
     x, y = tr.x["train"]
+    if device.type == "cpu":  # before the optimizer: the fused layers keep the same parameter tensors anyway
+        tr.fused = fuse_bn_act(tr.model)
     tr.graphed = device.type == "cuda" and cfg.train.cuda_graph
     tr.opt = make_optimizer(tr.model, cfg, device, tr.graphed)
     note = None
@@ -300,6 +307,7 @@ def _prune_step(tr: _Trainer, epoch: int) -> None:
     """Cut the network to this step's parameter count, then give it a fresh optimizer (and average)."""
     i = tr.prune_at.index(epoch)
     x, y = tr.x["train"]
+    unfuse_bn_act(tr.model)  # the pruner traces PyTorch's own layers; _build_step fuses the pruned network again
     model = prune_to(tr.model, tr.prune_targets[i], tr.cfg.prune.importance, (x, y))
     tr.model = model.to(memory_format=memory_format(tr.device))
     if tr.ema is not None:
@@ -350,6 +358,7 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
         "lr": lr,
         "img_per_s": round(n / t_train, 1) if t_train > 0 else None,
         "page_faults_per_step": None if faults is None else round(faults, 1),
+        "bn_act_fused": tr.fused,
         "epoch_s": round(epoch_s, 3),
         "elapsed_s": round(elapsed, 2),
         "eta_s": round(epoch_s * (cfg.train.epochs - epoch), 1),
