@@ -3,12 +3,14 @@
 import streamlit as st
 
 from fer_core.analysis.compare import (
+    EDGE,
     KEEPS,
     X_AXES,
     Y_AXES,
     card_text,
     family_table,
     matched_budget_gap,
+    pairwise_gaps,
     pruned_vs_scratch,
     runs_frame,
     smallest_files,
@@ -148,9 +150,27 @@ else:
     )
     st.caption(
         "Per data source and recipe, plain runs only (distilled and fine-tuned runs learnt from other models). "
-        "The CNN's accuracy is interpolated on log(parameters) between its runs of the same seed; the spread is "
-        "over seeds."
+        "The second family's accuracy is interpolated on log(parameters) between its runs of the same seed, or "
+        f"taken from its nearest run where the size lies up to {EDGE:.0%} beyond them (b_at); the spread is over "
+        "seeds."
     )
+pairs = pairwise_gaps(shown, y=y if y in shown else "public_acc")
+if not pairs.empty:
+    with st.expander(f"Every pair of families ({len(pairs)} rows; `python -m fer_core compare` prints them too)"):
+        st.dataframe(
+            pairs.astype({"gap_sd": float}).style.format(
+                {
+                    "width": "{:g}",
+                    "params": "{:,}",
+                    "a_acc": "{:.4f}",
+                    "b_acc_interp": "{:.4f}",
+                    "gap_mean": "{:+.4f}",
+                    "gap_sd": "{:.4f}",
+                },  # fmt: skip
+                na_rep="-",
+            ),
+            hide_index=True,
+        )
 
 pruned = pruned_vs_scratch(shown, y=y if y in shown else "public_acc")
 if not pruned.empty:

@@ -224,3 +224,25 @@ def test_compare_cli_names_a_bad_keeps_level(tmp_path):
     r = run_cli("compare", "--keeps", "0.6,62", env={"FER_RUNS": str(tmp_path)})
     assert r.returncode == 2 and "--keeps '0.6,62': every level must lie between 0 and 1" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_gap_meets_the_other_familys_nearest_run_only_within_the_edge():
+    import pandas as pd
+
+    from fer_core.analysis.compare import EDGE, pairwise_gaps
+
+    def run(family, params, acc):
+        return {"run_id": f"{family}-{params}", "family": family, "width": params / 1e5, "params": params, "seed": 0,
+                "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": "seed", "format": "torch",
+                "teacher": None, "init_run": None}  # fmt: skip
+
+    # a's 19,311 lies 0.8% below b's smallest run, a's 25,000 inside b's range, a's 150,000 36% beyond it
+    df = pd.DataFrame(
+        [run("a", 19_311, 0.59), run("a", 25_000, 0.60), run("a", 150_000, 0.70)]
+        + [run("b", 19_457, 0.61), run("b", 110_000, 0.66)]
+    )
+    g = pairwise_gaps(df).set_index("params")
+    assert 150_000 > 110_000 * (1 + EDGE)
+    assert list(g.index) == [19_311, 25_000]  # never extrapolated far
+    assert g.loc[19_311, "b_at"] == "nearest" and abs(g.loc[19_311, "gap_mean"] - (0.59 - 0.61)) < 1e-9
+    assert g.loc[25_000, "b_at"] == "interpolated" and 0.61 < g.loc[25_000, "b_acc_interp"] < 0.66

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fer_core.analysis.compare import (
+    EDGE,
     KEEPS,
     family_table,
     matched_budget_gap,
@@ -85,6 +86,18 @@ def cmd_compare(args) -> int:
             print(
                 f"  {r['data']}/{r['recipe']:<8} {r['budget']:>9,.0f}  #{r['rank']} {r['family']:<13} "
                 f"{r['params']:>9,} params  {r['mean']:.4f}{sd} ({r['runs']} runs){win}"
+            )
+    if out["pairwise_gaps"]:
+        print(
+            f"\nevery pair of families at equal parameters (A minus B at A's sizes, B interpolated on log-parameters "
+            f"or its nearest run within {EDGE:.0%}; {args.y}, mean ± sd over seeds):"
+        )
+        for r in out["pairwise_gaps"]:
+            sd = f" ± {r['gap_sd']:.4f}" if r["gap_sd"] is not None else ""
+            print(
+                f"  {r['data']}/{r['recipe']:<8} {r['a'] + ' - ' + r['b']:<28} at {r['params']:>9,}  "
+                f"{r['a_acc']:.4f} vs {r['b_acc_interp']:.4f} ({r['b_at']})  {r['gap_mean']:+.4f}{sd} "
+                f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
             )
     if out["pruned_vs_scratch"]:
         print(f"\npruned against scratch ({args.y}; scratch: the family's seed-protocol runs at the same size):")
