@@ -85,7 +85,10 @@ def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
         # the fused BatchNorm kernel where this machine compiles it (CI does), PyTorch's own with FER_FUSED=0
         assert (row["shipped"]["fused_bn_act"] > 0) == (kernel_status()["mode"] == "fused")
         assert row["unfused"]["fused_bn_act"] == 0
-        for lever in ("huge_pages", "unfused", "plain_layers") if has_plain else ("huge_pages", "unfused"):
+        alone = row["allocator_alone"]  # every lever put back at once
+        assert alone["huge_pages"] is True and alone["fused_bn_act"] == 0 and alone["faster_layers"] == 0
+        levers = ("huge_pages", "unfused", "allocator_alone") + (("plain_layers",) if has_plain else ())
+        for lever in levers:
             r = row[lever]
             ratio = row["shipped"]["img_per_s"] / r["img_per_s"]
             assert r["img_per_s"] > 0 and r["shipped_vs_this"] == pytest.approx(ratio, abs=2e-3)

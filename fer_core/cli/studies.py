@@ -258,7 +258,8 @@ def register(sub) -> None:
     s.add_argument(
         "--levers",
         action="store_true",
-        help="instead: the engine as shipped against the same with one lever put back (huge pages, PyTorch's layers)",
+        help="instead: the engine as shipped against the same with one lever put back "
+        "(huge pages, PyTorch's layers, unfused BatchNorm)",
     )
     s.add_argument(
         "--rounds", type=int, default=2, help="--levers: rounds, each configuration once a round (default: 2)"

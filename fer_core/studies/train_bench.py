@@ -10,9 +10,9 @@
   limit (bandwidth / bytes per image) the engine reaches.
 - **Its levers, one at a time** (``bench --levers``): the engine as shipped against the same engine with one
   thing put back as it was (torch's transparent huge pages; PyTorch's own layers where the families use faster
-  equivalents; PyTorch's BatchNorm and activation instead of the fused kernel), one thread per process as a
-  study worker trains, each configuration in a process of its own,
-  the configurations interleaved over rounds and their medians compared: ratios measured in one run.
+  equivalents; PyTorch's BatchNorm and activation instead of the fused kernel), and with all of them put back at
+  once (the allocator alone), one thread per process as a study worker trains, each configuration in a process of
+  its own, the configurations interleaved over rounds and their medians compared: ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -284,13 +284,20 @@ LEVERS = {
     "huge_pages": ("torch's transparent huge pages (THP_MEM_ALLOC_ENABLE=1)", {"THP_MEM_ALLOC_ENABLE": "1"}, False),
     "plain_layers": ("PyTorch's own layers (nn.ReLU6 in place, cat then shuffle)", {}, True),
     "unfused": ("PyTorch's BatchNorm and activation kernels (FER_FUSED=0)", {"FER_FUSED": "0"}, False),
+    # every lever above put back at once: the engine as the allocator alone left it, so the levers' joint gain
+    # is measured in the same run rather than multiplied from the single ratios
+    "allocator_alone": (
+        "all of them at once: the engine with only the kept allocator",
+        {"THP_MEM_ALLOC_ENABLE": "1", "FER_FUSED": "0"},
+        True,
+    ),
 }
 
 
 def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: None) -> dict:
     """What each of the engine's levers buys, family by family at the seed MobileNet's size: the engine as
-    shipped against the same with one lever put back, each a one-thread process of its own (as a study worker
-    trains), interleaved over ``rounds``; medians, and shipped / lever-undone as the ratio."""
+    shipped against the same with one lever put back (and with all at once), each a one-thread process of its
+    own (as a study worker trains), interleaved over ``rounds``; medians, and shipped / lever-undone as the ratio."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     env.update({**ALLOCATOR_ENV, "PYTHONPATH": str(PROJECT_DIR)})
     runs: dict = {}
@@ -298,7 +305,8 @@ def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: Non
         for f in families or list_models():
             w = family_width(f)
             configs = {"shipped": ({}, False)}
-            configs.update({k: (e, p) for k, (_, e, p) in LEVERS.items() if not p or _has_faster_layers(f, w)})
+            faster = _has_faster_layers(f, w)  # PyTorch's own layers can only be put back where they were replaced
+            configs.update({k: (e, p and faster) for k, (_, e, p) in LEVERS.items() if e or faster})
             for name, (extra, plain) in configs.items():
                 (doc,), _ = in_processes(images, 1, 1, f, w, {**env, **extra}, plain=plain)
                 runs.setdefault(f, {}).setdefault(name, []).append(doc)
