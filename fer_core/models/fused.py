@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fer_core.common.paths import cache_dir
 from fer_core.models.layers import ReLU6
 
 SOURCE = Path(__file__).with_name("bn_act.c")
@@ -60,8 +61,6 @@ _status: dict | None = None
 
 def _cache_dir() -> Path:
     """``$FER_KERNELS``, else ``kernels/`` in the cache folder."""
-    from fer_core.common.paths import cache_dir
-
     return Path(os.environ.get("FER_KERNELS") or cache_dir() / "kernels")
 
 
@@ -140,8 +139,12 @@ def kernel() -> ctypes.CDLL | None:
     return _lib
 
 
-def kernel_status() -> dict:
-    """``{"mode": "fused", "flags": ..., ...}`` or ``{"mode": "torch", "why": ...}`` (compiles on the first call)."""
+def kernel_status(device: torch.device | str = "cpu") -> dict:
+    """``{"mode": "fused", "flags": ..., ...}`` or ``{"mode": "torch", "why": ...}`` for training on ``device``
+    (compiles on the first call; a GPU uses its own kernels)."""
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return {"mode": "torch", "why": f"{kind}: its own kernels"}
     kernel()
     return dict(_status or {})
 

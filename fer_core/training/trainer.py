@@ -3,8 +3,8 @@
 GPU-first: the whole dataset lives on the device as one uint8 tensor, augmentation is one batched affine
 warp, CUDA runs use bf16 autocast and channels_last, and the whole training step (gather, augment, mix,
 forward, teachers, backward, optimizer, EMA; :mod:`fer_core.training.engine`) is captured once as a CUDA graph and
-replayed, which removes the per-kernel launch cost that dominates small models. The CPU runs the same step
-eagerly.
+replayed (no per-kernel launch cost, which dominates small models). The CPU runs the same step eagerly, each
+BatchNorm and its activation fused into one kernel (:mod:`fer_core.models.fused`).
 
 Model selection uses the public split only (best epoch by public accuracy, for the raw weights and for
 their EMA alike; the better of the two is shipped); the private split is evaluated exactly once, after
@@ -67,8 +67,7 @@ _EPOCH_FILES: dict = {"writing": False, "stop": None}
 
 def cancel(stop: Cancelled | None = None) -> None:
     """Stop this process's training (a signal handler's call): raise ``stop`` now or, while an epoch's files are
-    being written (its metrics row, checkpoint and summary), as soon as they all are, so that no epoch is ever
-    recorded without its checkpoint."""
+    written (metrics row, checkpoint, summary), once they all are: no epoch is recorded without its checkpoint."""
     stop = stop or Cancelled()
     if _EPOCH_FILES["writing"]:
         _EPOCH_FILES["stop"] = stop
@@ -199,9 +198,7 @@ def _setup(cfg: RunConfig, data: FerData | None, run: Run | None, resume: bool, 
         "torch": torch.__version__,
         "fer_lab": VERSION,
         "allocator": {k: v for k, v in tune_allocator().items() if k != "env"},
-        "bn_act": kernel_status()
-        if device.type == "cpu"
-        else {"mode": "torch", "why": f"{device.type}: its own kernels"},
+        "bn_act": kernel_status(device),
     }
     tr = _Trainer(cfg=cfg, run=run, data=data, device=device, model=model, base=base, t_start=t_start)
     if cfg.prune.parent:
@@ -253,8 +250,7 @@ def _build_step(tr: _Trainer) -> None:
     cfg, device = tr.cfg, tr.device
     batch = tr.base["batch_size"]
     x, y = tr.x["train"]
-    if device.type == "cpu":  # before the optimizer: the fused layers keep the same parameter tensors anyway
-        tr.fused = fuse_bn_act(tr.model)
+    tr.fused = fuse_bn_act(tr.model) if device.type == "cpu" else 0  # the same parameter tensors: optimizers unchanged
     tr.graphed = device.type == "cuda" and cfg.train.cuda_graph
     tr.opt = make_optimizer(tr.model, cfg, device, tr.graphed)
     note = None
