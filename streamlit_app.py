@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from fer_core.analysis.compare import runs_frame
+from fer_core.analysis.compare import family_answer, family_table, runs_frame
 from fer_core.analysis.figures import PNG_CONFIG, scatter
 from fer_core.analysis.planning import quick_demo
 from fer_core.analysis.status import data_status, device_status
@@ -92,6 +92,17 @@ def home() -> None:
             "Open markers are runs still training (best public accuracy so far)."
             + (f" {variants} deployable ONNX variants are on the Compare page (x axis: bytes)." if variants else "")
         )
+        answer = family_answer(family_table(done, y="private_acc"), data="fer2013") if fer.any() else []
+        if answer:
+            st.markdown(
+                "**Which family wins at each size** (FER2013, the seed's 95-epoch protocol, private accuracy, "
+                "mean ± sd over seeds):\n" + "\n".join(f"- {line}" for line in answer)
+            )
+            st.caption(
+                "A lead under about 0.8 points is within one standard error of one run's private accuracy "
+                "(3,589 faces): a tie until more seeds say otherwise. The Compare page has the whole table and "
+                "every pair's gap; `python -m fer_core compare` prints the same."
+            )
     if df.empty or not (df["source"] == "user").any():
         quick_demo_ui(data)
     st.subheader("Next")

@@ -246,3 +246,22 @@ def test_the_gap_meets_the_other_familys_nearest_run_only_within_the_edge():
     assert list(g.index) == [19_311, 25_000]  # never extrapolated far
     assert g.loc[19_311, "b_at"] == "nearest" and abs(g.loc[19_311, "gap_mean"] - (0.59 - 0.61)) < 1e-9
     assert g.loc[25_000, "b_at"] == "interpolated" and 0.61 < g.loc[25_000, "b_acc_interp"] < 0.66
+
+
+def test_the_answer_names_each_budgets_winner_its_runs_and_its_lead():
+    import pandas as pd
+
+    from fer_core.analysis.compare import family_answer
+
+    rows = [
+        ("fer2013", "seed", 1e5, "b", 104_000, 0.66, None, 1),
+        ("fer2013", "seed", 1e5, "a", 100_000, 0.62, 0.02, 3),
+        ("fer2013", "seed", 2e4, "a", 20_000, 0.50, None, 1),
+        ("fer2013", "better", 1e5, "a", 100_000, 0.99, None, 1),  # another recipe: not in the seed's answer
+        ("synthetic", "seed", 1e5, "c", 100_000, 0.90, None, 1),  # another data source: neither
+    ]
+    cols = ["data", "recipe", "budget", "family", "params", "mean", "sd", "runs"]
+    table = pd.DataFrame(rows, columns=cols)
+    assert family_answer(table) == ["~2×10⁴: a 0.5000 (1 run)", "~10⁵: b 0.6600 (1 run), ahead of a by 0.0400"]
+    assert family_answer(table, recipe="better") == ["~10⁵: a 0.9900 (1 run)"]
+    assert family_answer(table[table["family"] == "a"])[1] == "~10⁵: a 0.6200 ± 0.0200 (3 runs)"

@@ -57,6 +57,21 @@ def test_home_says_synthetic_and_offers_the_quick_demo(synthetic_env):
     assert [b.label for b in at.button] == ["Start the quick demo"]
 
 
+def test_home_answers_which_family_wins_from_the_shipped_runs(synthetic_env, monkeypatch):
+    from fer_core.analysis.compare import family_answer, family_table, runs_frame
+
+    monkeypatch.delenv("FER_REFERENCE")  # the shipped reference runs and CPU study, as a fresh clone has them
+    monkeypatch.delenv("FER_STUDIES")
+    at = app("streamlit_app.py").run()
+    _no_exception(at)
+    df = runs_frame()
+    done = df[(df["data"] == "fer2013") & (df["format"] == "torch") & (df["status"] == "completed")]
+    expected = family_answer(family_table(done))
+    assert len(expected) >= 3  # the shipped study: ~2e4, 5e4 and 1e5 at least
+    text = next(m.value for m in at.markdown if "Which family wins" in m.value)
+    assert all(f"- {line}" in text for line in expected)
+
+
 def test_starting_a_tiny_run_from_the_train_page_finishes_and_reaches_compare(synthetic_env, monkeypatch):
     at = app("pages/1_Train.py").run()
     at.multiselect[0].set_value(["mobilenet"]).run()

@@ -168,6 +168,28 @@ def family_table(df: pd.DataFrame, y: str = "private_acc", budgets=FAMILY_BUDGET
     return out.sort_values(["data", "recipe", "budget", "rank"]).reset_index(drop=True)
 
 
+def family_answer(table: pd.DataFrame, data: str = "fer2013", recipe: str = "seed") -> list[str]:
+    """The answer in one line per budget, from :func:`family_table`'s rows: ``~1×10⁵: mobilenetv2 0.6570 (1 run),
+    ahead of shufflenetv2 by 0.0003``; budgets where one family alone has runs say only that."""
+    t = table[(table["data"] == data) & (table["recipe"] == recipe)] if not table.empty else table
+    lines = []
+    for budget, g in t.groupby("budget", sort=True):
+        g = g.sort_values("mean", ascending=False)
+        top = g.iloc[0]
+        sd = f" ± {top['sd']:.4f}" if pd.notna(top["sd"]) else ""
+        runs = f"{int(top['runs'])} run{'s' if top['runs'] != 1 else ''}"
+        mantissa, exponent = f"{budget:.0e}".split("e")
+        size = f"~{'' if mantissa == '1' else mantissa + '×'}10{str(int(exponent)).translate(SUPERSCRIPT)}"
+        line = f"{size}: {top['family']} {top['mean']:.4f}{sd} ({runs})"
+        if len(g) > 1:
+            line += f", ahead of {g.iloc[1]['family']} by {top['mean'] - g.iloc[1]['mean']:.4f}"
+        lines.append(line)
+    return lines
+
+
+SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
 def pruned_vs_scratch(df: pd.DataFrame, y: str = "private_acc", scratch_recipe: str = "seed") -> pd.DataFrame:
     """Pruned minus scratch at equal parameters: each pruned run (torch weights) against its family's plain runs
     trained from scratch on the same data with ``scratch_recipe`` (the seed protocol: the reference and the
