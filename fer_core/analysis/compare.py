@@ -266,7 +266,7 @@ def pruned_vs_scratch(df: pd.DataFrame, y: str = "private_acc", scratch_recipe: 
 
 def pairwise_gaps(df: pd.DataFrame, y: str = "private_acc", families: list[str] | None = None) -> pd.DataFrame:
     """:func:`matched_budget_gap` for every pair of families present (A minus B, A before B in name order)."""
-    present = sorted(set(df["family"])) if not df.empty else []
+    present = sorted(df["family"].dropna().astype(str).unique()) if not df.empty else []  # a damaged row: no family
     fams = [f for f in (families or present) if f in present]
     parts = []
     for i, a in enumerate(fams):
