@@ -95,8 +95,8 @@ def home() -> None:
         answer = family_answer(family_table(done, y="private_acc"), data="fer2013") if fer.any() else []
         if answer:
             st.markdown(
-                "**Which family wins at each size** (FER2013, the seed's 95-epoch protocol, private accuracy, "
-                "mean ± sd over seeds):\n" + "\n".join(f"- {line}" for line in answer)
+                "**Which family wins at each size** (FER2013, the seed report's recipe, plain runs within 15% of "
+                "each budget, private accuracy, mean ± sd over seeds):\n" + "\n".join(f"- {line}" for line in answer)
             )
             st.caption(
                 "A lead under about 0.8 points is within one standard error of one run's private accuracy "

@@ -166,7 +166,7 @@ if not pairs.empty:
                     "b_acc_interp": "{:.4f}",
                     "gap_mean": "{:+.4f}",
                     "gap_sd": "{:.4f}",
-                },  # fmt: skip
+                },
                 na_rep="-",
             ),
             hide_index=True,
