@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fer_core.cli.common import add_ray_arguments, backend_from, base_config, number_list, print_json
 from fer_core.common import FerError
+from fer_core.models import list_models
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import ray_overhead, run_bench, study_lanes
@@ -153,7 +154,11 @@ def cmd_bench(args) -> int:
     if args.levers:
         say = (lambda *a: None) if args.json else print
         say(f"the engine's levers, one at a time: one thread, one process per configuration, {args.rounds} rounds")
-        doc = lever_speeds(args.images, args.rounds, say=say)
+        known = list_models()
+        unknown = [f for f in args.families or [] if f not in known]
+        if unknown:
+            raise FerError(f"--families: no family named {', '.join(unknown)} (there are: {', '.join(known)})")
+        doc = lever_speeds(args.images, args.rounds, families=args.families, say=say)
         doc.update(train_images=args.images, when=time.strftime("%Y-%m-%d %H:%M:%S"))
         return _bench_file(args, "levers.json", doc, lambda f: f"written: {f}")
     if args.ray:
@@ -263,6 +268,12 @@ def register(sub) -> None:
     )
     s.add_argument(
         "--rounds", type=int, default=2, help="--levers: rounds, each configuration once a round (default: 2)"
+    )
+    s.add_argument(
+        "--families",
+        nargs="+",
+        metavar="FAMILY",
+        help="--levers: only these families (default: every registered family)",
     )
     s.add_argument(
         "--soak",
