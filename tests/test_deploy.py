@@ -398,6 +398,23 @@ def test_format_cost_compares_each_variant_with_its_fp32_network_face_by_face(tr
         format_cost([trained_run.name], ("int8-qat",), say=lambda *a: None)
     with pytest.raises(FerError, match="other data"):  # other faces than the parent's: refused, not scored
         format_cost([trained_run.name], ("int8",), data="synthetic:140", say=lambda *a: None)
+    # a variant whose parent is gone (copied without it) is skipped by name; the others are still scored
+    import shutil
+
+    from fer_core.store.files import atomic_write_json, read_json
+
+    orphan = trained_run.parent / "orphan-onnx-int8"
+    shutil.copytree(trained_run.parent / f"{trained_run.name}-onnx-int8", orphan)
+    summary = read_json(orphan / "summary.json")
+    atomic_write_json(orphan / "summary.json", {**summary, "run_id": "orphan-onnx-int8", "derived_from": "gone"})
+    said = []
+    doc = format_cost([], ("int8",), say=said.append)
+    assert [r["run_id"] for r in doc["variants"]] == [f"{trained_run.name}-onnx-int8"]
+    assert [x["run_id"] for x in doc["skipped"]] == ["orphan-onnx-int8"] and "gone" in doc["skipped"][0]["why"]
+    assert any(line.startswith("  orphan-onnx-int8: skipped:") for line in said)
+    with pytest.raises(FerError, match="parents is in the store"):  # nothing left to score: one line, why
+        format_cost(["orphan-onnx-int8"], say=lambda *a: None)
+    shutil.rmtree(orphan)  # the module's other tests see the store as they found it
 
 
 def _saturating_qdq_conv(channels: int = 64) -> bytes:

@@ -69,6 +69,8 @@ def cmd_format_cost(args) -> int:
     for fmt, p in doc["by_format"].items():
         print(f"  {fmt:<9} {p['files']:>3} files: mean {p['mean_loss_pts']:+.2f} ± {p['se_pts']:.2f} pts lost, worst "
               f"{p['worst_pts']:+.2f}; {p['within_0.2']} of {p['files']} lose at most 0.2")  # fmt: skip
+    if doc["skipped"]:
+        print(f"skipped {len(doc['skipped'])} variant(s), each named above with why")
     return 0
 
 

@@ -103,17 +103,36 @@ def format_cost(refs: list[str], formats: tuple[str, ...] = (), family: str | No
     if len(datas) > 1:
         raise FerError(f"the variants come from different data ({', '.join(sorted(map(str, datas)))}): give --family "
                        "or run ids of one")  # fmt: skip
-    fd = fer_data.load(data if data is not None else find_run(variants[0].summary()["derived_from"]).data_spec())
+    fd = fer_data.load(data if data is not None else _parents_data(variants))
     other = [r.run_id for r in variants if r.summary().get("data_fingerprint") not in (None, fd.fingerprint)]
     if other:  # another file of the same name: its splits would score the variants on faces they never saw
         raise FerError(f"{other[0]} was evaluated on other data than {fd.name} (fingerprint {fd.fingerprint}): give "
                        "its parent's data with --data")  # fmt: skip
     cache: dict = {}
-    rows = []
+    rows, skipped = [], []
     for v in sorted(variants, key=lambda r: (r.summary().get("format", ""), r.summary().get("params") or 0, r.run_id)):
-        rows.append(variant_cost(v, fd, cache))
+        try:
+            rows.append(variant_cost(v, fd, cache))
+        except FerError as e:  # one variant whose parent or file is gone: said, and the others still scored
+            skipped.append({"run_id": v.run_id, "why": str(e)})
+            say(f"  {v.run_id}: skipped: {e}")
+            continue
         b = rows[-1]["both"]
         say(f"  {rows[-1]['run_id']}: {b['loss_pts']:+.2f} ± {b['se_pts']:.2f} pts over both splits "
             f"({b['lost']} faces lost, {b['gained']} gained of {b['faces']:,})")  # fmt: skip
+    if not rows:
+        raise FerError("no variant could be scored: " + "; ".join(f"{x['run_id']}: {x['why']}" for x in skipped[:3]))
     by_format = {f: pooled([r for r in rows if r["format"] == f]) for f in sorted({r["format"] for r in rows})}
-    return {"data": fd.name, "variants": rows, "by_format": by_format}
+    return {"data": fd.name, "variants": rows, "by_format": by_format, "skipped": skipped}
+
+
+def _parents_data(variants: list[Run]) -> str:
+    """The data spec of the first variant's parent that is in the store (the others are skipped, said by name)."""
+    for v in variants:
+        try:
+            return find_run(v.summary()["derived_from"]).data_spec()
+        except FerError:
+            continue
+    missing = sorted({str(v.summary()["derived_from"]) for v in variants})
+    raise FerError(f"none of the variants' parents is in the store ({', '.join(missing[:3])}): their fp32 networks "
+                   "are what a variant is compared with")  # fmt: skip
