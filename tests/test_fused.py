@@ -35,6 +35,9 @@ def test_the_kernel_compiles_wherever_there_is_a_c_compiler():
         assert "-O3" in st["flags"] and st["library"].endswith(".so")
     else:
         assert st["mode"] == "torch" and "compiler" in st["why"]
+    # a GPU trains with its own kernels, and a GPU run's summary says so without compiling anything
+    assert kernel_status("cuda") == {"mode": "torch", "why": "cuda: its own kernels"}
+    assert kernel_status("mps")["mode"] == "torch"
 
 
 def _away_from_kinks(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
