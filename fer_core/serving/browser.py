@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fer_core.common import EMOTIONS, FerError
-from fer_core.data.sources import cache_dir
+from fer_core.common.paths import cache_dir
 from fer_core.serving import detection, inference, live
 from fer_core.serving.align import load_template
 from fer_core.serving.onnx import any_input_size, parse_onnx, to_onnx, uint8_weights
