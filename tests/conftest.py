@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 # one folder for the compiled CPU kernel (models.fused) for the whole session, its subprocesses included: each
 # test's own cache folder would compile it again for every training a test starts
-os.environ.setdefault("FER_KERNELS", tempfile.mkdtemp(prefix="fer-kernels-"))
+if "FER_KERNELS" not in os.environ:
+    _kernels = tempfile.mkdtemp(prefix="fer-kernels-")
+    os.environ["FER_KERNELS"] = _kernels
+    atexit.register(shutil.rmtree, _kernels, ignore_errors=True)  # not one more folder left behind per session
 
 
 @pytest.fixture(autouse=True)
