@@ -98,7 +98,9 @@ CASES = {
     "predict": lambda s: [s["photo"], "--runs", s["run"]],
     "face-template": lambda s: ["--data", "synthetic:140", "--limit", "60", "--out", str(s["root"] / "t.json")],
     "eval-faces": lambda s: [s["run"], "--data", "synthetic:140", "--frames", "1", "--split", "public"],
-    "bench": lambda s: ["--images", "256", "--frames", "2", "--face-repeats", "3", "--out", str(s["root"] / "b")],
+    "bench": lambda s: [
+        *("--images", "256", "--frames", "2", "--face-repeats", "3", "--families", "cnn", "--out", str(s["root"] / "b"))
+    ],
 }
 
 
@@ -110,7 +112,10 @@ def test_every_json_command_is_covered():
 def test_json_stdout_is_one_document(store, command):
     r = run_cli(*command.split(), *CASES[command](store), "--json", env=store["env"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    json.loads(r.stdout)  # the whole of stdout, nothing before or after the document
+    doc = json.loads(r.stdout)  # the whole of stdout, nothing before or after the document
+    if command == "bench":  # --families cnn: only the CNN timed at the seed size, and no lanes (not a lane family)
+        assert set(doc["training_at_seed_size"]["families"]) == set(doc["families_at_seed_size"]) == {"cnn"}
+        assert doc["study_lanes"] is None
 
 
 BAD_JSON = {

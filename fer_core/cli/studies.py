@@ -11,7 +11,7 @@ from fer_core.common import FerError
 from fer_core.models import list_models
 from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
-from fer_core.studies.bench import ray_overhead, run_bench, study_lanes
+from fer_core.studies.bench import LANE_FAMILIES, ray_overhead, run_bench, study_lanes
 from fer_core.studies.beyond import run_beyond
 from fer_core.studies.families import DEFAULT_DIR, fmt_seconds, progress
 from fer_core.studies.live_bench import live_modes_bench
@@ -148,16 +148,16 @@ def cmd_bench(args) -> int:
             print_json(doc)
         return 0
     if args.lanes:
-        rows = study_lanes(args.images, (lambda *a: None) if args.json else print)
+        rows = study_lanes(args.images, (lambda *a: None) if args.json else print, args.families or LANE_FAMILIES)
         doc = {"study_lanes": rows, "train_images": args.images, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         return _bench_file(args, "lanes.json", doc, lambda f: f"written: {f}" if rows else "one core here: no lanes")
+    known = list_models()
+    unknown = [f for f in args.families or [] if f not in known]
+    if unknown:
+        raise FerError(f"--families: no family named {', '.join(unknown)} (there are: {', '.join(known)})")
     if args.levers:
         say = (lambda *a: None) if args.json else print
         say(f"the engine's levers, one at a time: one thread, one process per configuration, {args.rounds} rounds")
-        known = list_models()
-        unknown = [f for f in args.families or [] if f not in known]
-        if unknown:
-            raise FerError(f"--families: no family named {', '.join(unknown)} (there are: {', '.join(known)})")
         doc = lever_speeds(args.images, args.rounds, families=args.families, say=say)
         doc.update(train_images=args.images, when=time.strftime("%Y-%m-%d %H:%M:%S"))
         return _bench_file(args, "levers.json", doc, lambda f: f"written: {f}")
@@ -174,6 +174,7 @@ def cmd_bench(args) -> int:
         quiet=args.json,
         device=args.device,
         face_repeats=args.face_repeats,
+        families=args.families,
     )
     if args.json:
         print_json(doc)
@@ -273,7 +274,8 @@ def register(sub) -> None:
         "--families",
         nargs="+",
         metavar="FAMILY",
-        help="--levers: only these families (default: every registered family)",
+        help="time only these families (the seed-size training, lanes and one-face rows; with --levers, its "
+        "families) (default: every registered family)",
     )
     s.add_argument(
         "--soak",

@@ -254,11 +254,11 @@ def _calibrated_qat(model, faces: np.ndarray):
     return quant.freeze(net)
 
 
-def family_latency(repeats: int = 300) -> dict:
-    """Every registered family at the seed MobileNet's size (107,247 parameters; the MobileNet is the seed
-    network itself): one face's latency (batch 1, one thread) in torch and ONNX Runtime fp32."""
+def family_latency(repeats: int = 300, families=None) -> dict:
+    """Every registered family (or ``families``) at the seed MobileNet's size (107,247 parameters; the MobileNet
+    is the seed network itself): one face's latency (batch 1, one thread) in torch and ONNX Runtime fp32."""
     out = {}
-    for f in list_models():
+    for f in families or list_models():
         w = family_width(f)
         m = create_model(f, w).eval()
         old = torch.get_num_threads()
@@ -271,15 +271,20 @@ def family_latency(repeats: int = 300) -> dict:
     return out
 
 
-def study_lanes(images: int, say) -> list[dict] | None:
-    """``study families --workers N`` on this CPU: N one-thread processes against one of N threads (None with
-    one core)."""
+#: the families ``bench`` times as study lanes: the seed network, and the newer family whose layers are the
+#: fastest-growing share of the study's hours
+LANE_FAMILIES = ("mobilenet", "mobilenetv2")
+
+
+def study_lanes(images: int, say, families=LANE_FAMILIES) -> list[dict] | None:
+    """``study families --workers N`` on this CPU: N one-thread processes against one of N threads, for
+    ``families`` (None with one core, or no family)."""
     cores = cpu_cores()
-    if cores < 2:
+    if cores < 2 or not families:
         return None
     say(f"study lanes: {cores} one-thread processes at once against one process of {cores} threads:")
     rows = []
-    for f in ("mobilenet", "mobilenetv2"):
+    for f in families:
         r = lanes_speed(images, cores, f, family_width(f))
         say(
             f"  {f:<13} one process {r['one_process_img_per_s']:8.1f} img/s · {cores} lanes "
@@ -296,8 +301,10 @@ def run_bench(
     quiet: bool = False,
     device: str = "cpu",
     face_repeats: int = 300,
+    families: list[str] | None = None,
 ) -> dict:
-    """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it."""
+    """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it.
+    ``families``: time only these at the seed size (default: every registered family)."""
     say = (lambda *a: None) if quiet else print
     x, y = training_data(images)
     threads = torch.get_num_threads()
@@ -363,20 +370,21 @@ def run_bench(
         faces = {"error": f"{type(e).__name__}: {e}"}
         say(f"one-face latency: not measured ({faces['error']})")
     say(f"training, every family at ~{SEED_MOBILENET_PARAMS:,} parameters ({images} images, batch 128, {device}):")
-    training = family_training(images, device, say)
-    lanes = study_lanes(images, say) if device == "cpu" else None
+    training = family_training(images, device, say, families)
+    lanes_of = [f for f in LANE_FAMILIES if not families or f in families]
+    lanes = study_lanes(images, say, lanes_of) if device == "cpu" else None
     try:
-        families = family_latency(face_repeats)
+        by_family = family_latency(face_repeats, families)
         say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters, one face (batch 1, 1 thread):")
-        for f, r in families.items():
+        for f, r in by_family.items():
             r["train_img_per_s"] = training["families"][f]["train_img_per_s"]
             say(
                 f"  {f:<13} w{r['width']:<6g} {r['params']:>8,} params: torch {r['torch_ms']:.3f} ms · ONNX "
                 f"{r['onnx_fp32_ms']:.3f} ms"
             )
     except Exception as e:  # noqa: BLE001 - no onnxruntime: keep the other numbers
-        families = {"error": f"{type(e).__name__}: {e}"}
-        say(f"families: not measured ({families['error']})")
+        by_family = {"error": f"{type(e).__name__}: {e}"}
+        say(f"families: not measured ({by_family['error']})")
     doc = {
         "train_speedup_vs_naive": round(ours / best_naive, 3),
         "train_img_per_s_engine": round(ours, 1),
@@ -390,7 +398,7 @@ def run_bench(
         "detect_ms_by_detector": detectors,
         **live,
         "face_latency_ms": faces,
-        "families_at_seed_size": families,
+        "families_at_seed_size": by_family,
         "training_at_seed_size": training,
         "study_lanes": lanes,
         "torch": torch.__version__,

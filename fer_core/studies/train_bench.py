@@ -341,15 +341,15 @@ def lever_speeds(images: int, rounds: int = 2, families=None, say=lambda *a: Non
 # --------------------------------------------------------------------------------------------------- the table
 
 
-def family_training(images: int, device: str = "cpu", say=lambda *a: None) -> dict:
-    """Every registered family at the seed MobileNet's size: our engine's img/s and page faults per step
-    (here, allocator kept), the same in a process with the default allocator, and the share of this
-    machine's memory-bandwidth limit reached (bandwidth measured in this run)."""
+def family_training(images: int, device: str = "cpu", say=lambda *a: None, families=None) -> dict:
+    """Every registered family (or ``families``) at the seed MobileNet's size: our engine's img/s and page
+    faults per step (here, allocator kept), the same in a process with the default allocator, and the share of
+    this machine's memory-bandwidth limit reached (bandwidth measured in this run)."""
     x, y = training_data(images)
     bandwidth = memory_bandwidth_gbs()
     say(f"memory bandwidth (copy, {torch.get_num_threads()} threads): {bandwidth:.1f} GB/s")
     rows = {}
-    for f in list_models():
+    for f in families or list_models():
         w = family_width(f)
         ours = engine_speed(x, y, device=device, family=f, width=w)
         plain = in_own_process("engine", images, device=device, family=f, width=w) if device == "cpu" else None
