@@ -11,7 +11,7 @@ from fer_core.jobs.ray_backend import backend_spec
 from fer_core.models import budget_note, family_about, list_models
 from fer_core.serving.models import available_models
 from fer_core.store.runs import study_dirs
-from fer_core.studies.families import progress
+from fer_core.studies.families import progress, trained_text
 from fer_core.training.config import PRUNE_IMPORTANCES, RECIPES, RunConfig, apply_recipe
 from fer_core.training.pruning import FINE_TUNE_EPOCHS, prune_configs
 from pages import guard
@@ -168,13 +168,16 @@ def studies_ui() -> None:
             f"left here with {lanes} worker{'s' if lanes > 1 else ''} "
             f"({doc['estimate_left_s'] / 3600:.1f} h of training)"
         )
-        cols = ["run", "params", "phase", "state", "epochs_done", "epochs", "estimate_left_s", "private_acc", "run_id"]
+        cols = ["run", "params", "phase", "state", "epochs_done", "epochs", "estimate_left_s", "private_acc",
+                "trained_s", "device", "run_id"]  # fmt: skip
         st.dataframe(pd.DataFrame(doc["runs"])[cols], hide_index=True)
         st.caption(
             f"Protocol {doc['protocol']['recipe']} × {doc['protocol']['epochs']} epochs. It resumes where it stopped: "
             f"`python -m fer_core study families --out {folder} --hours H` (`--workers N`: N runs at once)."
             + (f" Time left unknown for {doc['unknown_estimates']} runs (no epoch measured here yet)."
                if doc["unknown_estimates"] else "")
+            + (" trained_s: seconds each run has trained (its epochs, evaluation included) on its device; so far "
+               f"{trained_text(doc['trained_s_by_device'])}." if doc["trained_s_by_device"] else "")
         )  # fmt: skip
         for note in doc["notes"]:
             st.caption(f"note: {note}")

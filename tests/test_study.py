@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, run_cli, wait_until
 from fer_core.store.runs import Run
+from fer_core.studies.families import fmt_seconds
 
 PLAN = {
     "protocol": {"recipe": "seed-cosine", "epochs": 12, "data_limit": 400},
@@ -333,3 +334,13 @@ def test_status_says_the_time_left_with_the_workers_it_assumes(tmp_path, monkeyp
     assert not at.exception
     head = [s.value for s in at.subheader if s.value.startswith("Study `study`")]
     assert head and f"{one['done']}/3 runs done" in head[0] and "left here with 1 worker (" in head[0], head
+    # the time each run has trained: its epochs' time, on its device, and their sum per device
+    done = next(r for r in one["runs"] if r["state"] == "done")
+    epochs = Run(folder / done["run_id"]).metrics()
+    assert done["trained_s"] == round(sum(r["epoch_s"] for r in epochs), 1) > 0 and done["device"] == "cpu"
+    assert all(r["trained_s"] is None for r in one["runs"] if r["state"] == "waiting")
+    assert one["trained_s_by_device"] == {"cpu": done["trained_s"]}
+    assert f"trained so far (epoch time, evaluation included): {fmt_seconds(done['trained_s'])} on cpu" in text
+    table = next(d.value for d in at.dataframe if "phase" in d.value.columns)  # the study's table
+    assert list(table["trained_s"].isna()) == [r["trained_s"] is None for r in one["runs"]]
+    assert any("trained_s: seconds each run has trained" in c.value for c in at.caption)

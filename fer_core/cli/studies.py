@@ -13,7 +13,7 @@ from fer_core.store.files import atomic_write_json
 from fer_core.store.runs import RESULTS_DIR, runs_dir
 from fer_core.studies.bench import LANE_FAMILIES, ray_overhead, run_bench, study_lanes
 from fer_core.studies.beyond import run_beyond
-from fer_core.studies.families import DEFAULT_DIR, fmt_seconds, progress
+from fer_core.studies.families import DEFAULT_DIR, fmt_seconds, progress, trained_text
 from fer_core.studies.live_bench import live_modes_bench
 from fer_core.studies.reference import run_reference, write_record
 from fer_core.studies.serve_bench import live_soak, serve_bench
@@ -99,11 +99,17 @@ def progress_text(doc: dict) -> str:
              f"x {doc['protocol']['epochs']} epochs; {left}"]  # fmt: skip
     for r in doc["runs"]:
         acc = f"{r['private_acc']:.4f}" if isinstance(r["private_acc"], float) else ""
-        left = "" if r["estimate_left_s"] is None else f"{r['estimate_left_s'] / 60:.0f} min left"
+        spent = f"{fmt_seconds(r['trained_s']):>6} trained" if r["trained_s"] else ""
+        if spent and r["device"] and r["device"] != "cpu":
+            spent += f" on {r['device']}"
+        if r["estimate_left_s"] is not None and r["state"] != "done":
+            spent = ", ".join(filter(None, [spent, f"{r['estimate_left_s'] / 60:.0f} min left"]))
         lines.append(
             f"  {r['run']:<24} {r['params']:>9,} {r['phase']:<9} {r['state']:<10} "
-            f"{r['epochs_done']:>3}/{r['epochs']:<3} {acc:>7} {left}"
+            f"{r['epochs_done']:>3}/{r['epochs']:<3} {acc:>7}  {spent}".rstrip()
         )
+    if doc.get("trained_s_by_device"):
+        lines.append(f"  trained so far (epoch time, evaluation included): {trained_text(doc['trained_s_by_device'])}")
     for c in doc["check"]:
         if "mean" in c and "reference_mean" in c:
             sd = f" ± {c['sd']:.4f}" if c.get("sd") else ""

@@ -257,7 +257,8 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
     epochs done, estimated seconds left (from this device's measured epochs; None where none is known).
     ``estimate_left_s`` adds the runs up (one lane); ``wall_left_s`` is the time to the last run's end when
     ``workers`` lanes share them as the study's workers do (default: as many lanes as runs training now, at
-    least one)."""
+    least one). ``trained_s``: the seconds a run has trained so far (its epochs' time, evaluation included) on
+    its ``device``; ``trained_s_by_device`` adds them up per device."""
     if not (Path(folder) / "plan.json").is_file():
         raise FerError(
             f"{folder}: no study here yet (no plan.json); start one: python -m fer_core study families --out {folder}"
@@ -273,6 +274,7 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
         per = secs.get((it.family, round(it.width, 6)))
         left = 0.0 if state == "done" else (per * (it.epochs - done) if per else None)
         s = run.summary() if run else {}
+        spent = sum(r.get("epoch_s") or 0.0 for r in run.metrics()) if run else 0.0
         rows.append(
             {
                 "run": it.label(),
@@ -287,6 +289,8 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
                 "recipe": it.recipe,
                 "estimate_left_s": None if left is None else round(left),
                 "private_acc": s.get("private_acc"),
+                "trained_s": round(spent, 1) if run else None,  # its epochs' seconds, on its own device
+                "device": s.get("device"),
                 "run_id": run.run_id if run else None,
                 "source": None if run is None else "reference" if run.path.parent == reference_dir() else "study",
                 "why": it.why,
@@ -305,9 +309,24 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
         "workers": lanes,
         "wall_left_s": max((end for _, end in ends), default=0.0),
         "unknown_estimates": len(rows) - len(known),
+        "trained_s_by_device": _seconds_by_device(rows),
         "check": protocol_check(rows),
         "notes": notes,
     }
+
+
+def _seconds_by_device(rows: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in rows:
+        if r["trained_s"]:
+            key = r["device"] or "unknown device"
+            out[key] = round(out.get(key, 0.0) + r["trained_s"], 1)
+    return out
+
+
+def trained_text(by_device: dict[str, float]) -> str:
+    """``{"cpu": 91080.0, ...}`` as "25h18 on cpu, ..." (the pages and ``--status`` say it alike)."""
+    return ", ".join(f"{fmt_seconds(s)} on {d}" for d, s in by_device.items())
 
 
 def _data_sizes(found: dict) -> tuple[int, int]:
