@@ -113,9 +113,9 @@ def test_json_stdout_is_one_document(store, command):
     r = run_cli(*command.split(), *CASES[command](store), "--json", env=store["env"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)  # the whole of stdout, nothing before or after the document
-    if command == "bench":  # --families cnn: only the CNN timed at the seed size, and no lanes (not a lane family)
+    if command == "bench":  # --families cnn: only the CNN timed, at the seed size and as study lanes
         assert set(doc["training_at_seed_size"]["families"]) == set(doc["families_at_seed_size"]) == {"cnn"}
-        assert doc["study_lanes"] is None
+        assert doc["study_lanes"] is None or [r["family"] for r in doc["study_lanes"]] == ["cnn"]  # None: one core
 
 
 BAD_JSON = {

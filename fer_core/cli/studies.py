@@ -280,8 +280,8 @@ def register(sub) -> None:
         "--families",
         nargs="+",
         metavar="FAMILY",
-        help="time only these families (the seed-size training, lanes and one-face rows; with --levers, its "
-        "families) (default: every registered family)",
+        help="time only these families: at the seed size, as study lanes, with --levers (default: every "
+        "registered family; as lanes, mobilenet and mobilenetv2)",
     )
     s.add_argument(
         "--soak",

@@ -304,7 +304,8 @@ def run_bench(
     families: list[str] | None = None,
 ) -> dict:
     """Run both benchmarks, print a table (unless quiet), write JSON under results/bench/, return it.
-    ``families``: time only these at the seed size (default: every registered family)."""
+    ``families``: time only these at the seed size and as study lanes (default: every registered family at the
+    seed size, :data:`LANE_FAMILIES` as lanes)."""
     say = (lambda *a: None) if quiet else print
     x, y = training_data(images)
     threads = torch.get_num_threads()
@@ -371,8 +372,7 @@ def run_bench(
         say(f"one-face latency: not measured ({faces['error']})")
     say(f"training, every family at ~{SEED_MOBILENET_PARAMS:,} parameters ({images} images, batch 128, {device}):")
     training = family_training(images, device, say, families)
-    lanes_of = [f for f in LANE_FAMILIES if not families or f in families]
-    lanes = study_lanes(images, say, lanes_of) if device == "cpu" else None
+    lanes = study_lanes(images, say, families or LANE_FAMILIES) if device == "cpu" else None
     try:
         by_family = family_latency(face_repeats, families)
         say(f"every family at ~{SEED_MOBILENET_PARAMS:,} parameters, one face (batch 1, 1 thread):")
