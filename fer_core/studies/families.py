@@ -192,12 +192,13 @@ def _plain(s: dict) -> bool:
 # --------------------------------------------------------------------------------------------------- estimates
 
 
-def run_state(run: Run | None) -> tuple[str, int]:
-    """(done | training | resumable | waiting, epochs done) of a plan item's run."""
+def run_state(run: Run | None, metrics: list[dict] | None = None) -> tuple[str, int]:
+    """(done | training | resumable | waiting, epochs done) of a plan item's run (``metrics``: its rows, where
+    the caller has read them already)."""
     if run is None:
         return "waiting", 0
     s = run.summary()
-    done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
+    done = max((r.get("epoch", 0) for r in (run.metrics() if metrics is None else metrics)), default=0)
     if s.get("status") == "completed":
         return "done", done
     raw = read_json(run.summary_file) or {}
@@ -270,11 +271,12 @@ def progress(folder: Path = DEFAULT_DIR, probe: bool = False, device: str = "aut
     rows = []
     for it in items:
         run = found.get(it.key(protocol))
-        state, done = run_state(run)
+        metrics = run.metrics() if run else []  # read once: the Train page asks every 10 seconds
+        state, done = run_state(run, metrics)
         per = secs.get((it.family, round(it.width, 6)))
         left = 0.0 if state == "done" else (per * (it.epochs - done) if per else None)
         s = run.summary() if run else {}
-        spent = sum(r.get("epoch_s") or 0.0 for r in run.metrics()) if run else 0.0
+        spent = sum(r.get("epoch_s") or 0.0 for r in metrics)
         rows.append(
             {
                 "run": it.label(),
