@@ -25,6 +25,23 @@ if "FER_KERNELS" not in os.environ:
     atexit.register(shutil.rmtree, _kernels, ignore_errors=True)  # not one more folder left behind per session
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, but no more than the memory holds (a test's trainings and browser take
+    up to about 4 GiB at once)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # not every system names these
+        return max(1, min(cores, 2))
+    return max(1, min(cores, int(gib // 4)))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests marked ``slow`` (minutes each) first, so that the workers end together instead of one of them
+    starting a ten-minute test when the others are done; the rest keep their order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     """Runs and caches go to tmp_path; the user's results/runs and ~/.cache are never touched, and the

@@ -8,6 +8,7 @@ from fer_core.models.fused import kernel_status
 from fer_core.studies.bench import run_bench
 
 
+@pytest.mark.slow
 def test_bench_writes_the_figures_it_promises(tmp_path):
     doc = run_bench(images=384, frames=2, out_dir=str(tmp_path), quiet=True, face_repeats=5)
     assert doc["train_speedup_vs_naive"] > 0 and doc["frame_latency_ms_median"] > 0 and doc["faces"] == 1
@@ -68,6 +69,7 @@ def test_bench_lanes_writes_what_workers_buy_here(tmp_path):
     assert f"{cpu_cores()} one-thread processes at once" in out.stdout and "written:" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
     from conftest import run_cli
 
@@ -95,6 +97,6 @@ def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
         levers = ("huge_pages", "unfused", "allocator_alone") + (("plain_layers",) if has_plain else ())
         for lever in levers:
             r = row[lever]
-            ratio = row["shipped"]["img_per_s"] / r["img_per_s"]
-            assert r["img_per_s"] > 0 and r["shipped_vs_this"] == pytest.approx(ratio, abs=2e-3)
+            a, b = row["shipped"]["img_per_s"], r["img_per_s"]  # each rounded to 0.1, the ratio to 0.001
+            assert b > 0 and r["shipped_vs_this"] == pytest.approx(a / b, rel=0.05 / a + 0.05 / b, abs=6e-4)
     assert "shufflenetv2" in out.stdout and "written:" in out.stdout

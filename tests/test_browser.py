@@ -93,6 +93,7 @@ def _set(page, role: str, label: str, value: str) -> None:
     _settle(page)
 
 
+@pytest.mark.slow
 def test_the_whole_path_in_a_real_browser(server, page):
     url, tmp = server
     page.goto(url)
@@ -236,6 +237,7 @@ def test_a_shared_dashboard_shows_only_its_lock_until_the_password_is_given(brow
     assert secret not in (tmp_path / "server.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_serving_benchmark_measures_live_cycles_and_sessions_at_once(tmp_path, monkeypatch):
     """`bench --serve` in miniature (one live cycle, two sessions at once) against the shipped models."""
     monkeypatch.delenv("FER_REFERENCE")

@@ -131,6 +131,7 @@ def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
     assert not evil.marker.exists()
 
 
+@pytest.mark.slow
 def test_a_bare_state_dict_is_matched_to_its_architecture(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(create_model("cnn", 0.3).state_dict(), path)

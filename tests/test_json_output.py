@@ -108,7 +108,9 @@ def test_every_json_command_is_covered():
     assert _json_commands() == set(CASES)
 
 
-@pytest.mark.parametrize("command", sorted(CASES))
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, marks=pytest.mark.slow) if c == "bench" else c for c in sorted(CASES)]
+)
 def test_json_stdout_is_one_document(store, command):
     r = run_cli(*command.split(), *CASES[command](store), "--json", env=store["env"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from fer_core.common.memory import ENV, child_env, tune_allocator
 
@@ -29,6 +31,7 @@ def _train(tmp_path, env: dict) -> tuple[dict, list[dict]]:
     return json.loads((run / "summary.json").read_text()), metrics
 
 
+@pytest.mark.slow
 def test_a_trainer_keeps_freed_memory_and_faults_far_less_than_with_the_default_allocator(tmp_path):
     plain_env = {k: v for k, v in os.environ.items() if k not in ENV} | {"FER_MALLOC": "default"}
     kept, kept_metrics = _train(tmp_path, {k: v for k, v in os.environ.items() if k not in ENV})

@@ -17,6 +17,8 @@ from fer_core.jobs.queue import prepare_job
 from fer_core.store.files import read_json
 from fer_core.store.runs import Run
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker starts the Ray clusters: two at once share ports
+
 ray = pytest.importorskip("ray")
 
 

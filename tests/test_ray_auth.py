@@ -21,6 +21,8 @@ from fer_core.common import FerError
 from fer_core.jobs import ray_auth
 from fer_core.studies.serve_bench import free_port
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker starts the Ray clusters: two at once share ports
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ def test_the_plan_covers_what_the_study_needs():
     assert {it["recipe"] for it in plan} == {"seed", "better"}
 
 
+@pytest.mark.slow
 def test_run_reference_fits_the_epochs_into_the_window(monkeypatch, tmp_path):
     items = [
         {"family": "cnn", "width": 0.1, "seed": 0, "recipe": "seed", "role": "sweep"},

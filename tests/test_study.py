@@ -85,6 +85,7 @@ def test_killed_in_its_second_run_the_study_resumes_it_keeps_the_first_and_train
     assert doc["done"] == doc["total"] == 3 and doc["estimate_left_s"] == 0
 
 
+@pytest.mark.slow
 def test_workers_train_runs_at_once_none_twice_and_a_killed_parent_takes_its_workers_with_it(tmp_path):
     """Two workers: the parent takes the long first run, the worker it started the next ones, each once; killing
     the parent ends the worker too (its run left resumable), and the next start with workers resumes both."""
