@@ -239,7 +239,9 @@ def register(sub) -> None:
     s.add_argument(
         "--reference-from", default=None, metavar="FOLDER", help="reference runs already done (default: --out)"
     )
-    s.add_argument("--parallel", type=int, default=None, help="runs at once per lane (default: all)")
+    s.add_argument(
+        "--parallel", type=int, default=None, help="runs at once per lane (default: all; on the CPU one per core)"
+    )
     add_ray_arguments(s)
     s.add_argument("--out", default="results/reference", help="where finished runs are exported (default: %(default)s)")
     s.add_argument("--work", default=None, help="where runs train (default: $FER_RUNS/study-beyond)")

@@ -14,8 +14,9 @@ trains a strong teacher and the students distilled from it, exporting every fini
   the CPU study (``results/cpu-study``) finished on the same protocol are not trained again. They start last
   and are the first dropped when ``--fit-in`` says the window is too short for them.
 
-With ``--fit-in`` every configuration first trains 3 epochs all at once (under full load); the teacher and
-student epochs are then scaled down together, with a 0.7 margin, until both phases fit. The most valuable
+With ``--fit-in`` every configuration first trains 3 epochs all at once (under full load; with ``--parallel N``,
+2N at a time: both lanes' load); the teacher and student epochs are then scaled down together, with a 0.7
+margin, until both phases fit. On the CPU ``--parallel`` defaults to one run per core and lane. The most valuable
 students start first when ``--parallel`` is lower than their number. Finished runs are exported to the
 output folder at once (fp16 weights, lineage rewritten to run ids), so a cut keeps everything that
 finished, and the next call trains only what the output folder lacks. A progress log is written to
@@ -44,6 +45,7 @@ from fer_core.studies.families import DEFAULT_DIR as CPU_STUDY_DIR
 from fer_core.studies.reference import SEED_MOBILENET_PARAMS, calibrate, export_run, study_configs
 from fer_core.studies.reference import plan as reference_plan
 from fer_core.training.config import RunConfig
+from fer_core.training.device import cpu_cores, resolve_device
 
 COURSE_BYTES = 225_000  # the course's size limit for a shipped model
 TEACHER = {"family": "cnn", "width": 1.0, "seed": 0, "recipe": "strong", "role": "teacher"}
@@ -265,6 +267,11 @@ def run_beyond(
         return record
     if dry_run:
         return record
+    if parallel is None and backend is None and resolve_device(base.train.device).type == "cpu":
+        # every run at once suits a GPU; on the CPU each run is a process with its own memory, and the 23-run
+        # plan at once ran a 24 GiB machine out of memory beside one training: one run per core and lane instead
+        parallel = max(1, cpu_cores() // (base.train.threads or 1))
+        say(f"on the CPU: {parallel} runs at once per lane ({cpu_cores()} cores; --parallel sets it)")
     t0 = time.time()
     if fit_in:
         with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +281,8 @@ def run_beyond(
             student_cfgs = _configs(todo["students"], base, student_epochs, stand_in)
             contender_cfgs = _configs(todo["contenders"], base, ref_epochs)
             cfgs = lane1 + teacher_cfg + student_cfgs + contender_cfgs
-            cal = calibrate(cfgs, len(cfgs))
+            at_once = min(len(cfgs), 2 * parallel) if parallel else len(cfgs)  # both lanes' load
+            cal = calibrate(cfgs, at_once)
         times = cal["epoch_s"]
         t_ref = max((t or 0) for t in times[: len(lane1)]) if lane1 else 0.0
         t_teacher = (times[len(lane1)] or 0) if teacher_cfg else 0.0
@@ -288,9 +296,9 @@ def run_beyond(
         student_epochs = max(1, math.floor(student_epochs * scale))
         record["calibration"] = cal
         say(
-            f"calibration ({cal['wall_s']:.0f} s, all {len(cfgs)} at once): epoch {t_ref:.2f} s reference, "
-            f"{t_teacher:.2f} s teacher, {t_student:.2f} s student; {left:.0f} s left -> teacher {teacher_epochs} "
-            f"epochs, students {student_epochs} (x{scale:.2f})"
+            f"calibration ({cal['wall_s']:.0f} s, {len(cfgs)} runs, {at_once} at a time): epoch {t_ref:.2f} s "
+            f"reference, {t_teacher:.2f} s teacher, {t_student:.2f} s student; {left:.0f} s left -> teacher "
+            f"{teacher_epochs} epochs, students {student_epochs} (x{scale:.2f})"
         )
         if lane1 and ref_epochs * t_ref > 0.9 * left:
             say(f"warning: {ref_epochs} reference epochs take about {ref_epochs * t_ref:.0f} s: they may be cut")
