@@ -74,6 +74,37 @@ def test_the_widest_network_within_a_hard_limit_fits_and_the_next_width_up_does_
         assert count_params(name, up) > limit, (name, limit, up)
 
 
+def _walked(name: str, budget: float) -> tuple[float, int]:
+    """The solver as it was first written: every width of the 1% grid from the narrowest, then the 3-digit widths
+    next to the best; studies are keyed by the widths it chose, so the faster solver must choose the same."""
+    from fer_core.models import WIDTH_RANGE, _three_digit_widths
+
+    lo, hi = WIDTH_RANGE
+    best = None
+
+    def offer(w):
+        nonlocal best
+        p = count_params(name, w)
+        if best is None or abs(math.log(p / budget)) < best[0] - 1e-12:
+            best = (abs(math.log(p / budget)), w, p)
+
+    for i in range(int(math.log(hi / lo) / math.log(1.01)) + 1):
+        w = float(f"{lo * 1.01**i:.3g}")
+        offer(w)
+        if count_params(name, w) > budget * 1.5:
+            break
+    for w in _three_digit_widths(best[1] / 1.012, best[1] * 1.012):
+        offer(w)
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_solver_picks_what_walking_every_width_picks(name):
+    budgets = [2e4 * (3e6 / 2e4) ** (i / 15) for i in range(16)] + [1e3, 19_000, 60_000, 110_000, 300_000]
+    for budget in budgets:  # 16 budgets spread from 2e4 to 3e6, the study's, and 1e3: below three families' narrowest
+        assert solve_width(name, budget) == _walked(name, budget), (name, budget)
+
+
 def test_budget_solver_refuses_nonsense():
     with pytest.raises(FerError):
         solve_width("cnn", -5)
