@@ -26,14 +26,15 @@ if "FER_KERNELS" not in os.environ:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker per core, but no more than the memory holds (a test's trainings and browser take
-    up to about 4 GiB at once)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """``-n auto``: one worker per core this process may use, and at most one per 4 GiB of memory (a margin
+    for the trainings, servers and browser a test starts beside it)."""
+    from fer_core.training.device import cpu_cores
+
     try:
         gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):  # not every system names these
-        return max(1, min(cores, 2))
-    return max(1, min(cores, int(gib // 4)))
+        return min(cpu_cores(), 2)
+    return max(1, min(cpu_cores(), int(gib // 4)))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
