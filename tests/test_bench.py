@@ -98,5 +98,6 @@ def test_bench_levers_times_each_lever_undone_in_its_own_process(tmp_path):
         for lever in levers:
             r = row[lever]
             a, b = row["shipped"]["img_per_s"], r["img_per_s"]  # each rounded to 0.1, the ratio to 0.001
-            assert b > 0 and r["shipped_vs_this"] == pytest.approx(a / b, rel=0.05 / a + 0.05 / b, abs=6e-4)
+            bound = a / b * (0.05 / a + 0.05 / b) + 5e-4  # both roundings of the speeds, then the ratio's own
+            assert b > 0 and abs(r["shipped_vs_this"] - a / b) <= bound * 1.01, (family, lever, r, a)
     assert "shufflenetv2" in out.stdout and "written:" in out.stdout

@@ -127,7 +127,7 @@ def test_the_whole_path_in_a_real_browser(server, page):
 
     page.goto(f"{url}/Compare")
     _settle(page)
-    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=120_000)
     points = page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").count()
     assert points == 2
     page.screenshot(path=str(SHOTS / "compare.png"))
@@ -146,7 +146,7 @@ def test_the_whole_path_in_a_real_browser(server, page):
 
     page.goto(url)
     _settle(page)
-    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=120_000)
     page.screenshot(path=str(SHOTS / "home.png"))
 
 
