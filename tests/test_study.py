@@ -293,13 +293,20 @@ def test_a_full_disk_stops_the_study_naming_the_file_and_the_next_start_finishes
 
 def test_the_shipped_study_folder_holds_no_machine_state():
     """What a clone resumes from: every run's config names no data path, no summary a pid or host, and the plan
-    reads back."""
+    reads back. A run that a study in this checkout is training right now (its process alive on this machine) is
+    left out: its pid is the live lock until the study stops; a clone never has it alive, so a pid committed by
+    mistake fails there."""
+    import socket
+
+    from fer_core.store.runs import pid_alive
     from fer_core.studies.families import DEFAULT_DIR, read_plan
 
     read_plan(DEFAULT_DIR)
     for run in [p for p in DEFAULT_DIR.iterdir() if (p / "config.json").is_file()]:
         assert json.loads((run / "config.json").read_text())["data"]["data"] is None, run.name
         s = json.loads((run / "summary.json").read_text())
+        if s.get("pid") and s.get("host") == socket.gethostname() and pid_alive(int(s["pid"])):
+            continue
         assert "pid" not in s and "host" not in s, run.name
         assert s["status"] in ("completed", "cancelled"), (run.name, s["status"])
 
