@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from fer_core.common import FerError
 from fer_core.models import create_model
 from fer_core.serving.inference import demo_frame
 
@@ -131,7 +132,25 @@ def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
     assert not evil.marker.exists()
 
 
-@pytest.mark.slow
+def test_a_bare_state_dict_is_matched_at_any_width_of_up_to_4_digits_off_the_grid_too():
+    import random
+
+    from fer_core.models import list_models
+    from fer_core.store.loading import _infer_arch, _state_shapes
+
+    rng = random.Random()  # widths drawn at run time: 3 and 4 significant digits, mostly between grid points
+    for family in list_models():
+        for digits in (3, 4):
+            width = float(f"{rng.uniform(0.05, 2.5):.{digits}g}")
+            with torch.device("meta"):
+                state = create_model(family, width).state_dict()
+            found, at = _infer_arch(state)
+            assert found == family and _state_shapes(family, at) == _state_shapes(family, width), (family, width)
+    state["classifier.weight"] = torch.zeros(3, 3)  # a tensor no family has: said, after a bounded search
+    with pytest.raises(FerError, match="do not match any registered family at any width"):
+        _infer_arch(state)
+
+
 def test_a_bare_state_dict_is_matched_to_its_architecture(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(create_model("cnn", 0.3).state_dict(), path)

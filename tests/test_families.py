@@ -11,13 +11,13 @@ from torch import nn
 import fer_core.models as registry
 from conftest import run_cli, tiny_config
 from fer_core.models import (
-    _three_digit_widths,
     budget_note,
     count_params,
     create_model,
     family_about,
     list_models,
     register_family,
+    rounded_widths,
     solve_width,
 )
 from fer_core.models.stats import model_stats
@@ -98,7 +98,7 @@ def test_a_budget_rounding_cannot_reach_is_named_with_the_nearest_network(family
             assert note is None
             continue
         assert note and f"width {w:g} with {p:,}" in note and f"{p / budget - 1:+.1%}" in note, note
-        near = {count_params(family, x) for x in _three_digit_widths(w / 1.25, w * 1.25, points=600)}
+        near = {count_params(family, x) for x in rounded_widths(w / 1.25, w * 1.25, points=600)}
         assert not any(abs(q / budget - 1) <= 0.05 for q in near), (family, budget, sorted(near))
 
 

@@ -77,7 +77,7 @@ def test_the_widest_network_within_a_hard_limit_fits_and_the_next_width_up_does_
 def _walked(name: str, budget: float) -> tuple[float, int]:
     """The solver as it was first written: every width of the 1% grid from the narrowest, then the 3-digit widths
     next to the best; studies are keyed by the widths it chose, so the faster solver must choose the same."""
-    from fer_core.models import WIDTH_RANGE, _three_digit_widths
+    from fer_core.models import WIDTH_RANGE, rounded_widths
 
     lo, hi = WIDTH_RANGE
     best = None
@@ -93,7 +93,7 @@ def _walked(name: str, budget: float) -> tuple[float, int]:
         offer(w)
         if count_params(name, w) > budget * 1.5:
             break
-    for w in _three_digit_widths(best[1] / 1.012, best[1] * 1.012):
+    for w in rounded_widths(best[1] / 1.012, best[1] * 1.012):
         offer(w)
     return best[1], best[2]
 

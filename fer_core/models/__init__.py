@@ -43,6 +43,13 @@ PRESETS: dict[str, tuple[str, float, str]] = {
 }
 #: Width multipliers the budget solver searches (log-spaced, about 1% apart).
 WIDTH_RANGE = (0.02, 8.0)
+#: how many points that 1% grid has
+GRID_STEPS = int(math.log(WIDTH_RANGE[1] / WIDTH_RANGE[0]) / math.log(1.01)) + 1
+
+
+def grid_width(i: int) -> float:
+    """The ``i``-th width of the 1% grid, rounded to 3 significant digits."""
+    return float(f"{WIDTH_RANGE[0] * 1.01**i:.3g}")
 
 
 def register_family(name: str, build: Callable[..., nn.Module], about: str) -> Family:
@@ -104,11 +111,7 @@ def solve_width(name: str, budget: float, num_classes: int = NUM_CLASSES) -> tup
 
 @functools.lru_cache(maxsize=4096)
 def _solve(name: str, budget: float, num_classes: int) -> tuple[float, int]:
-    lo, hi = WIDTH_RANGE
-    steps = int(math.log(hi / lo) / math.log(1.01)) + 1
-
-    def grid(i: int) -> float:
-        return float(f"{lo * 1.01**i:.3g}")
+    steps, grid = GRID_STEPS, grid_width
 
     def params(i: int) -> int:
         return count_params(name, grid(i), num_classes)
@@ -146,7 +149,7 @@ def _solve(name: str, budget: float, num_classes: int) -> tuple[float, int]:
             best = (err(p), w, p)
 
     centre = best[1]
-    for w in _three_digit_widths(centre / 1.012, centre * 1.012):  # the widths the 1% grid stepped over
+    for w in rounded_widths(centre / 1.012, centre * 1.012):  # the widths the 1% grid stepped over
         offer(w)
     return best[1], best[2]
 
@@ -155,17 +158,18 @@ def _solve(name: str, budget: float, num_classes: int) -> tuple[float, int]:
 BUDGET_TOLERANCE = 0.05
 
 
-def _three_digit_widths(a: float, b: float, points: int = 200) -> list[float]:
-    """The distinct 3-significant-digit widths in [a, b] (inside the width range)."""
+def rounded_widths(a: float, b: float, points: int = 200, digits: int = 3) -> list[float]:
+    """The distinct widths of ``digits`` significant digits in [a, b] (inside the width range), sampled at
+    ``points`` + 1 evenly spaced points: all of them where their spacing is at least (b - a) / points."""
     a, b = max(a, WIDTH_RANGE[0]), min(b, WIDTH_RANGE[1])
-    return sorted({float(f"{a + (b - a) * i / points:.3g}") for i in range(points + 1)})
+    return sorted({float(f"{a + (b - a) * i / points:.{digits}g}") for i in range(points + 1)})
 
 
 def widest_within(name: str, params: int, num_classes: int = NUM_CLASSES) -> float:
     """The largest width (3 significant digits) whose network has at most ``params`` parameters: a hard limit,
     where :func:`solve_width` takes the nearest on either side."""
     near = solve_width(name, params, num_classes)[0]  # within a few percent of the budget, on either side
-    fits = [w for w in _three_digit_widths(near * 0.9, near * 1.1) if count_params(name, w, num_classes) <= params]
+    fits = [w for w in rounded_widths(near * 0.9, near * 1.1) if count_params(name, w, num_classes) <= params]
     if not fits:
         raise FerError(f"no {name} within {params:,} parameters near width {near:g}")
     return max(fits)

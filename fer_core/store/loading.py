@@ -7,6 +7,9 @@ state dict is matched against every registered family by its tensor shapes.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from fer_core.common import NUM_CLASSES, FerError
-from fer_core.models import WIDTH_RANGE, create_model, list_models
+from fer_core.models import GRID_STEPS, create_model, grid_width, list_models, rounded_widths
 from fer_core.models.layers import fit_shapes
 from fer_core.store.files import load_weights_file
 from fer_core.store.runs import Run, find_run, reference_dir
@@ -44,29 +47,54 @@ class LoadedModel:
         return f"{self.format} file ({self.model.source}), run by ONNX Runtime"
 
 
+@functools.lru_cache(maxsize=2048)
+def _state_shapes(family: str, width: float) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Every tensor's name and shape in ``family``'s state dict at ``width``, sorted (built on the meta device)."""
+    with torch.device("meta"):
+        model = create_model(family, width, NUM_CLASSES)
+    return tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
+def _numel(shapes) -> int:
+    return sum(math.prod(shape) for _, shape in shapes)
+
+
+def _first_match(family: str, widths: list[float], target: tuple) -> float | None:
+    """The first of ``widths`` (sorted) at which ``family``'s state dict has ``target``'s shapes: a network's
+    size grows with its width, so bisection finds the widths of the target's size and only those are compared."""
+    size = _numel(target)
+    numel = lambda w: _numel(_state_shapes(family, w))
+    i = bisect.bisect_left(widths, size, key=numel)
+    while i < len(widths) and numel(widths[i]) == size:
+        if _state_shapes(family, widths[i]) == target:
+            return widths[i]
+        i += 1
+    return None
+
+
 def _infer_arch(state: dict) -> tuple[str, float]:
-    """Find the family and width whose tensor shapes match a bare state dict."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    stem = shapes.get("features.0.0.weight")
-    if stem is None:
+    """Find the family and width whose tensor shapes match a bare state dict: the narrowest matching width of
+    the 1% grid, else of 3 or 4 significant digits between its points (families in name order on a tie). About
+    15 networks built per family; walking the whole grid built over 2,000, took 15 s to say that nothing
+    matched, and never found a network the grid steps over (such as the CNN at width 0.743)."""
+    target = tuple(sorted((k, tuple(v.shape)) for k, v in state.items()))
+    if "features.0.0.weight" not in state:
         raise FerError("weights do not look like any FER Lab model (no features.0.0.weight)")
-    lo, hi = WIDTH_RANGE
-    w = lo
-    tried = set()
-    while w <= hi:
-        wr = float(f"{w:.3g}")
-        for family in list_models():
-            with torch.device("meta"):
-                m = create_model(family, wr, NUM_CLASSES)
-            ms = {k: tuple(v.shape) for k, v in m.state_dict().items()}
-            key = (family, tuple(sorted(ms.items())))
-            if key in tried:
-                continue
-            tried.add(key)
-            if ms == shapes:
-                return family, wr
-        w *= 1.01
-    raise FerError("weights do not match any registered family at any width (see `python -m fer_core models`)")
+    size, grid = _numel(target), [grid_width(i) for i in range(GRID_STEPS)]
+    found = []
+    for order, family in enumerate(list_models()):
+        w = _first_match(family, grid, target)
+        if w is None:  # between the grid's last point below the file's size and its first above it
+            numel = lambda w, family=family: _numel(_state_shapes(family, w))
+            k, j = bisect.bisect_left(grid, size, key=numel), bisect.bisect_right(grid, size, key=numel)
+            a, b = grid[max(k - 1, 0)], grid[min(j, GRID_STEPS - 1)]
+            w = _first_match(family, sorted(set(rounded_widths(a, b)) | set(rounded_widths(a, b, digits=4))), target)
+        if w is not None:
+            found.append((w, order, family))
+    if not found:
+        raise FerError("weights do not match any registered family at any width (see `python -m fer_core models`)")
+    width, _, family = min(found)
+    return family, width
 
 
 class NotTrainedModel(FerError):
