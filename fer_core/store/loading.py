@@ -47,7 +47,6 @@ class LoadedModel:
         return f"{self.format} file ({self.model.source}), run by ONNX Runtime"
 
 
-@functools.lru_cache(maxsize=2048)
 def _state_shapes(family: str, width: float) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Every tensor's name and shape in ``family``'s state dict at ``width``, sorted (built on the meta device)."""
     with torch.device("meta"):
@@ -59,14 +58,14 @@ def _numel(shapes) -> int:
     return sum(math.prod(shape) for _, shape in shapes)
 
 
-def _first_match(family: str, widths: list[float], target: tuple) -> float | None:
-    """The first of ``widths`` (sorted) at which ``family``'s state dict has ``target``'s shapes: a network's
-    size grows with its width, so bisection finds the widths of the target's size and only those are compared."""
+def _first_match(shapes: Callable[[float], tuple], widths: list[float], target: tuple) -> float | None:
+    """The first of ``widths`` (sorted) at which ``shapes(width)`` (a family's) is ``target``: a network's size
+    grows with its width, so bisection finds the widths of the target's size and only those are compared."""
     size = _numel(target)
-    numel = lambda w: _numel(_state_shapes(family, w))
+    numel = lambda w: _numel(shapes(w))
     i = bisect.bisect_left(widths, size, key=numel)
     while i < len(widths) and numel(widths[i]) == size:
-        if _state_shapes(family, widths[i]) == target:
+        if shapes(widths[i]) == target:
             return widths[i]
         i += 1
     return None
@@ -83,12 +82,13 @@ def _infer_arch(state: dict) -> tuple[str, float]:
     size, grid = _numel(target), [grid_width(i) for i in range(GRID_STEPS)]
     found = []
     for order, family in enumerate(list_models()):
-        w = _first_match(family, grid, target)
+        shapes = functools.cache(functools.partial(_state_shapes, family))  # this call's: families re-register
+        w = _first_match(shapes, grid, target)
         if w is None:  # between the grid's last point below the file's size and its first above it
-            numel = lambda w, family=family: _numel(_state_shapes(family, w))
+            numel = lambda w, shapes=shapes: _numel(shapes(w))
             k, j = bisect.bisect_left(grid, size, key=numel), bisect.bisect_right(grid, size, key=numel)
             a, b = grid[max(k - 1, 0)], grid[min(j, GRID_STEPS - 1)]
-            w = _first_match(family, sorted(set(rounded_widths(a, b)) | set(rounded_widths(a, b, digits=4))), target)
+            w = _first_match(shapes, sorted(set(rounded_widths(a, b)) | set(rounded_widths(a, b, digits=4))), target)
         if w is not None:
             found.append((w, order, family))
     if not found:
