@@ -61,28 +61,34 @@ class Cancelled(BaseException):
     """Raised inside a training process when it is asked to stop (SIGTERM, or the dashboard's cancel)."""
 
 
-#: while an epoch's files are written: whether, and the stop that came meanwhile (signals arrive in the main thread)
-_EPOCH_FILES: dict = {"writing": False, "stop": None}
+#: the process's stops (signals arrive in the main thread): whether an epoch's files are being written and the stop
+#: that came meanwhile, and whether :func:`fit` is recording a stopped run (more stops are dropped until it is)
+_STOPS: dict = {"writing": False, "stop": None, "recording": False}
 
 
 def cancel(stop: Cancelled | None = None) -> None:
     """Stop this process's training (a signal handler's call): raise ``stop`` now or, while an epoch's files are
-    written (metrics row, checkpoint, summary), once they all are: no epoch is recorded without its checkpoint."""
+    written (metrics row, checkpoint, summary), once they all are: no epoch is recorded without its checkpoint.
+    While a stopped run is being recorded as stopped, more stops are dropped: a study's worker gets SIGTERM twice
+    when its whole group is signalled (once from the signal, once from its parent), and the second must not cut
+    the first's summary short."""
+    if _STOPS["recording"]:
+        return
     stop = stop or Cancelled()
-    if _EPOCH_FILES["writing"]:
-        _EPOCH_FILES["stop"] = stop
+    if _STOPS["writing"]:
+        _STOPS["stop"] = stop
         return
     raise stop
 
 
 @contextmanager
 def _epoch_files():
-    _EPOCH_FILES["writing"] = True
+    _STOPS["writing"] = True
     try:
         yield
     finally:
-        _EPOCH_FILES["writing"] = False
-        stop, _EPOCH_FILES["stop"] = _EPOCH_FILES["stop"], None
+        _STOPS["writing"] = False
+        stop, _STOPS["stop"] = _STOPS["stop"], None
     if stop is not None:
         raise stop
 
@@ -478,10 +484,14 @@ def fit(
             _one_epoch(tr, epoch, emit)
         summary = _finish(tr, epoch)  # writes the weights: a full disk there is handled like one mid-run
     except (Cancelled, KeyboardInterrupt) as e:
-        error = (str(e) or "cancelled by the user") if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
-        # a signal between an epoch's metrics row and its summary update must not lose that epoch
-        done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
-        summary = run.update_summary(status="cancelled", error=error, ended=time.time(), epochs_done=done)
+        _STOPS["recording"] = True  # a second stop now would leave the summary saying "running"
+        try:
+            error = (str(e) or "cancelled by the user") if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
+            # a signal between an epoch's metrics row and its summary update must not lose that epoch
+            done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
+            summary = run.update_summary(status="cancelled", error=error, ended=time.time(), epochs_done=done)
+        finally:
+            _STOPS["recording"] = False  # recorded: a later stop is a new one
         emit({"type": "end", "run_id": run.run_id, "status": "cancelled", "error": error})
         return summary
     except Exception as e:
