@@ -58,17 +58,17 @@ def _numel(shapes) -> int:
     return sum(math.prod(shape) for _, shape in shapes)
 
 
+def _of_size(shapes: Callable[[float], tuple], widths: list[float], size: int) -> range:
+    """The indices of ``widths`` (sorted) at which a family's network (``shapes(width)``) has ``size``
+    parameters: its size grows with its width, so bisection finds them, building about log2(len(widths))."""
+    numel = lambda w: _numel(shapes(w))  # noqa: E731
+    return range(bisect.bisect_left(widths, size, key=numel), bisect.bisect_right(widths, size, key=numel))
+
+
 def _first_match(shapes: Callable[[float], tuple], widths: list[float], target: tuple) -> float | None:
-    """The first of ``widths`` (sorted) at which ``shapes(width)`` (a family's) is ``target``: a network's size
-    grows with its width, so bisection finds the widths of the target's size and only those are compared."""
-    size = _numel(target)
-    numel = lambda w: _numel(shapes(w))
-    i = bisect.bisect_left(widths, size, key=numel)
-    while i < len(widths) and numel(widths[i]) == size:
-        if shapes(widths[i]) == target:
-            return widths[i]
-        i += 1
-    return None
+    """The first of ``widths`` (sorted) at which ``shapes(width)`` (a family's) is ``target``; only the widths of
+    the target's size are compared."""
+    return next((widths[i] for i in _of_size(shapes, widths, _numel(target)) if shapes(widths[i]) == target), None)
 
 
 def _infer_arch(state: dict) -> tuple[str, float]:
@@ -85,9 +85,8 @@ def _infer_arch(state: dict) -> tuple[str, float]:
         shapes = functools.cache(functools.partial(_state_shapes, family))  # this call's: families re-register
         w = _first_match(shapes, grid, target)
         if w is None:  # between the grid's last point below the file's size and its first above it
-            numel = lambda w, shapes=shapes: _numel(shapes(w))
-            k, j = bisect.bisect_left(grid, size, key=numel), bisect.bisect_right(grid, size, key=numel)
-            a, b = grid[max(k - 1, 0)], grid[min(j, GRID_STEPS - 1)]
+            near = _of_size(shapes, grid, size)
+            a, b = grid[max(near.start - 1, 0)], grid[min(near.stop, GRID_STEPS - 1)]
             w = _first_match(shapes, sorted(set(rounded_widths(a, b)) | set(rounded_widths(a, b, digits=4))), target)
         if w is not None:
             found.append((w, order, family))
