@@ -2,6 +2,7 @@
 so the one GPU call cannot fail on a plan bug."""
 
 import json
+import math
 
 import pytest
 
@@ -45,6 +46,45 @@ def test_the_first_students_aim_at_the_goals_with_the_family_that_won_at_1e5():
     assert at_110k["width"] == 0.561  # beside the CPU study's MobileNetV2 trained from scratch
     assert count_params("mobilenetv2", at_110k["width"]) <= 110_000
     assert count_params("mobilenetv2", at_60k["width"]) <= 60_000 < count_params("mobilenetv2", at_60k["width"] * 1.03)
+
+
+def test_contenders_too_long_for_the_window_are_dropped_and_when_nothing_else_is_left_the_window_they_need_is_named(
+    tmp_path, monkeypatch
+):
+    """--fit-in drops the contenders (the lowest-priority lane) when their epochs do not fit. Re-called with the
+    same window once nothing else is left, it dropped them again and said "a later call trains them" forever:
+    it now names the window they need, and that window trains them."""
+    from fer_core.training.config import RunConfig
+
+    two = beyond.contenders()[:2]
+    monkeypatch.setattr(beyond, "plan", lambda *a, **k: {**_EMPTY_PLAN, "contenders": two})
+    monkeypatch.setattr(beyond, "calibrate", lambda cfgs, at_once: _CALIBRATION | {"epoch_s": [10.0] * len(cfgs)})
+    trained = []
+    monkeypatch.setattr(beyond, "run_configs", lambda cfgs, *a, **k: trained.extend(cfgs) or [])
+    base = RunConfig()
+    base.train.device = "cpu"
+
+    def call(fit_in):
+        log = tmp_path / f"log-{fit_in}"
+        rec = beyond.run_beyond(base, tmp_path / "out", tmp_path / "work", fit_in=fit_in, ref_epochs=95, log=log)
+        return rec, log.read_text()
+
+    rec, log = call(300)  # 95 epochs of 10 s: 950 s, against 270 s left
+    assert rec["contenders_dropped"] and not trained
+    need = math.ceil(20 + 2 * 5 + 95 * 10 / 0.9)
+    assert f"they need --fit-in {need} or more" in log
+    rec, log = call(need)
+    assert "contenders_dropped" not in rec and len(trained) == 2 and {c.train.epochs for c in trained} == {95}
+
+    trained.clear()
+    ref = [{**two[0], "role": "reference"}]  # with other work beside them, a later call does train them
+    monkeypatch.setattr(beyond, "plan", lambda *a, **k: {**_EMPTY_PLAN, "reference": ref, "contenders": two})
+    rec, log = call(300)
+    assert rec["contenders_dropped"] and "a later call trains them" in log
+
+
+_EMPTY_PLAN = {"reference": [], "teacher": None, "teacher_run": None, "students": [], "contenders": []}
+_CALIBRATION = {"wall_s": 20.0, "overhead_s": 5.0}
 
 
 @pytest.mark.slow

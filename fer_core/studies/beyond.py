@@ -303,9 +303,12 @@ def run_beyond(
         if lane1 and ref_epochs * t_ref > 0.9 * left:
             say(f"warning: {ref_epochs} reference epochs take about {ref_epochs * t_ref:.0f} s: they may be cut")
         if contender_cfgs and ref_epochs * t_contender > 0.9 * left:
+            alone = not (lane1 or teacher_cfg or student_cfgs)  # then a later call with this window drops them again
+            need_s = cal["wall_s"] + 2 * cal["overhead_s"] + ref_epochs * t_contender / 0.9
+            later = f"they need --fit-in {math.ceil(need_s)} or more" if alone else "a later call trains them"
             say(
                 f"contenders dropped: {ref_epochs} epochs take about {ref_epochs * t_contender:.0f} s of the "
-                f"{left:.0f} s left (the lowest-priority lane; a later call trains them)"
+                f"{left:.0f} s left (the lowest-priority lane; {later})"
             )
             record["contenders_dropped"] = [c["family"] + f" w{c['width']:g}" for c in todo["contenders"]]
             todo = {**todo, "contenders": []}  # the record keeps the plan as it was
