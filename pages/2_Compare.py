@@ -135,7 +135,7 @@ if gap.empty:
     st.caption(f"Needs completed runs of {fa} and {fb} whose sizes overlap.")
 else:
     st.dataframe(
-        gap.astype({"gap_sd": float}).style.format(
+        gap.astype({"gap_sd": float, "gap_se": float}).style.format(
             {
                 "width": "{:g}",
                 "params": "{:,}",
@@ -143,6 +143,7 @@ else:
                 f"{fb}_acc_interp": "{:.4f}",
                 "gap_mean": "{:+.4f}",
                 "gap_sd": "{:.4f}",
+                "gap_se": "{:.4f}",
             },
             na_rep="-",
         ),
@@ -151,14 +152,15 @@ else:
     st.caption(
         "Per data source and recipe, plain runs only (distilled and fine-tuned runs learnt from other models). "
         "The second family's accuracy is interpolated on log(parameters) between its runs of the same seed, or "
-        f"taken from its nearest run where the size lies up to {EDGE:.0%} beyond them (b_at); the spread is over "
-        "seeds."
+        f"taken from its nearest run where the size lies up to {EDGE:.0%} beyond them (b_at); gap_sd is the spread "
+        "over the first family's seeds; gap_se, where the second has seeds at that size too (b_seeds), is the "
+        "standard error of the gap with both families' spreads: a gap under about two of it is not a result."
     )
 pairs = pairwise_gaps(shown, y=y if y in shown else "public_acc")
 if not pairs.empty:
     with st.expander(f"Every pair of families ({len(pairs)} rows; `python -m fer_core compare` prints them too)"):
         st.dataframe(
-            pairs.astype({"gap_sd": float}).style.format(
+            pairs.astype({"gap_sd": float, "gap_se": float}).style.format(
                 {
                     "width": "{:g}",
                     "params": "{:,}",
@@ -166,6 +168,7 @@ if not pairs.empty:
                     "b_acc_interp": "{:.4f}",
                     "gap_mean": "{:+.4f}",
                     "gap_sd": "{:.4f}",
+                    "gap_se": "{:.4f}",
                 },
                 na_rep="-",
             ),

@@ -248,6 +248,52 @@ def test_the_gap_meets_the_other_familys_nearest_run_only_within_the_edge():
     assert g.loc[25_000, "b_at"] == "interpolated" and 0.61 < g.loc[25_000, "b_acc_interp"] < 0.66
 
 
+def test_where_both_families_have_seeds_at_a_size_the_gap_s_standard_error_holds_both_spreads(monkeypatch):
+    import math
+
+    import pandas as pd
+
+    from fer_core.analysis.compare import pairwise_gaps
+
+    def run(family, params, seed, acc):
+        return {"run_id": f"{family}-{params}-{seed}", "family": family, "width": params / 1e5, "params": params,
+                "seed": seed, "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": "seed",
+                "format": "torch", "teacher": None, "init_run": None}  # fmt: skip
+
+    a = [0.657, 0.673, 0.664]
+    b = [0.657, 0.662, 0.640]
+    df = pd.DataFrame(
+        [run("a", 109_000, s, x) for s, x in enumerate(a)]
+        + [run("b", 108_000, s, x) for s, x in enumerate(b)]
+        + [run("a", 50_000, 5, 0.64), run("b", 50_000, 5, 0.63)]  # seeds 0-2 meet b's mean at 1e5
+    )
+    g = pairwise_gaps(df).set_index("params")
+    at = g.loc[109_000]
+    se = math.sqrt(pd.Series(a).var() / 3 + pd.Series(b).var() / 3)
+    assert at["b_seeds"] == 3 and at["gap_se"] == pytest.approx(se)
+    assert at["gap_mean"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
+    assert at["gap_se"] > at["gap_sd"] / math.sqrt(3)  # b's spread is in it, not only a's
+    assert pd.isna(g.loc[50_000, "gap_se"])  # one seed each: no error to give
+
+    text = _compare_text(df, monkeypatch)
+    assert "a - b" in text and f"se {se:.4f} with 3 of B's" in text
+
+
+def _compare_text(df, monkeypatch) -> str:
+    """What ``python -m fer_core compare`` prints for these runs."""
+    import contextlib
+    import io
+
+    from fer_core.cli import build_parser
+    from fer_core.cli import runs as cli_runs
+
+    monkeypatch.setattr(cli_runs, "runs_frame", lambda: df)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli_runs.cmd_compare(build_parser().parse_args(["compare"])) == 0
+    return buf.getvalue()
+
+
 def test_the_answer_names_each_budgets_winner_its_runs_and_its_lead():
     import pandas as pd
 

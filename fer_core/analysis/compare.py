@@ -102,7 +102,8 @@ def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobil
     Returns one row per (data, recipe, width of ``a``).
     """
     keys = ["data", "recipe"]
-    cols = keys + ["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd"]
+    cols = keys + ["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds", "b_at"]
+    cols += ["b_seeds", "gap_se"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df.copy()
@@ -289,16 +290,23 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
     not extrapolated, except within :data:`EDGE` of its end, where ``b``'s end run stands for it (the budget
     solver places every family within a few percent of a budget, so 19,311 parameters must meet 19,457:
     ``b_at`` says ``nearest`` there and ``interpolated`` elsewhere). Several seeds give a mean and a sample
-    standard deviation.
+    standard deviation (``gap_sd``: ``a``'s seeds against ``b``'s curve, so ``b``'s own seed spread is not in it).
+    Where ``b`` too has several seeds at one size within :data:`EDGE` of ``a``'s (``b_seeds``), ``gap_se`` is the
+    standard error of the difference of the two means, both families' seed spreads in it (Welch's): a gap
+    under about two of it is not a result.
     """
     d = df[(df["status"] == "completed")].dropna(subset=[y, "params"])
     fa, fb = d[d["family"] == a], d[d["family"] == b]
     rows = []
     if fa.empty or fb.empty:
         return pd.DataFrame(
-            columns=["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds", "b_at"]
-        )
+            columns=[
+                "width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds", "b_at", "b_seeds",
+                "gap_se",
+            ]
+        )  # fmt: skip
     pooled = _curve(fb, y)
+    b_sizes = fb.groupby("params")[y]
     for width, grp in fa.groupby("width"):
         params = float(grp["params"].iloc[0])
         gaps, accs, others, nearest = [], [], [], False
@@ -306,7 +314,7 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
             same_seed = fb[fb["seed"] == r["seed"]]
             xs, ys = _curve(same_seed, y) if same_seed["params"].nunique() >= 2 else pooled
             lp = math.log10(params)
-            if len(xs) < 2 or lp < xs[0] - EDGE_LOG - 1e-9 or lp > xs[-1] + EDGE_LOG + 1e-9:
+            if not len(xs) or lp < xs[0] - EDGE_LOG - 1e-9 or lp > xs[-1] + EDGE_LOG + 1e-9:
                 continue
             nearest = nearest or lp < xs[0] - 1e-9 or lp > xs[-1] + 1e-9
             other = float(np.interp(lp, xs, ys))  # np.interp holds the end value beyond the range
@@ -314,6 +322,9 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
             accs.append(r[y])
             others.append(other)
         if gaps:
+            b_seeds, se = _b_spread(b_sizes, params), None
+            if len(gaps) > 1 and b_seeds is not None:
+                se = math.sqrt(np.var(accs, ddof=1) / len(accs) + b_seeds[1] ** 2 / b_seeds[0])
             rows.append(
                 {
                     "width": width,
@@ -324,9 +335,22 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
                     "gap_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
                     "seeds": len(gaps),
                     "b_at": "nearest" if nearest else "interpolated",
+                    "b_seeds": b_seeds[0] if b_seeds else None,
+                    "gap_se": se,
                 }
             )
     return pd.DataFrame(rows).sort_values("params").reset_index(drop=True) if rows else pd.DataFrame(rows)
+
+
+def _b_spread(b_sizes, params: float) -> tuple[int, float] | None:
+    """The other family's runs at its size nearest ``params`` (on log-parameters, within :data:`EDGE`): how many,
+    and their sample sd; None when fewer than two runs stand there."""
+    lp = math.log10(params)
+    near = min(b_sizes.groups, key=lambda p: abs(math.log10(p) - lp))
+    accs = b_sizes.get_group(near).astype(float)
+    if abs(math.log10(near) - lp) > EDGE_LOG + 1e-9 or len(accs) < 2:
+        return None
+    return len(accs), float(accs.std(ddof=1))
 
 
 VARIANT_COLUMNS = [

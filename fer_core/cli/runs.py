@@ -90,14 +90,16 @@ def cmd_compare(args) -> int:
     if out["pairwise_gaps"]:
         print(
             f"\nevery pair of families at equal parameters (A minus B at A's sizes, B interpolated on log-parameters "
-            f"or its nearest run within {EDGE:.0%}; {args.y}, mean ± sd over seeds):"
+            f"or its nearest run within {EDGE:.0%}; {args.y}, mean ± sd over A's seeds; se: the standard error of "
+            f"the gap with both families' seed spreads, where B too has seeds there):"
         )
         for r in out["pairwise_gaps"]:
             sd = f" ± {r['gap_sd']:.4f}" if r["gap_sd"] is not None else ""
+            se = f", se {r['gap_se']:.4f} with {int(r['b_seeds'])} of B's" if r.get("gap_se") is not None else ""
             print(
                 f"  {r['data']}/{r['recipe']:<8} {r['a'] + ' - ' + r['b']:<28} at {r['params']:>9,}  "
                 f"{r['a_acc']:.4f} vs {r['b_acc_interp']:.4f} ({r['b_at']})  {r['gap_mean']:+.4f}{sd} "
-                f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
+                f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}{se})"
             )
     if out["pruned_vs_scratch"]:
         print(f"\npruned against scratch ({args.y}; scratch: the family's seed-protocol runs at the same size):")
