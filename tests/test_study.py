@@ -195,18 +195,18 @@ def test_sigterm_stops_the_study_and_its_workers_cleanly_and_the_next_start_resu
 def test_a_stop_while_an_epoch_s_files_are_written_waits_until_all_three_are():
     """The race the SIGTERM test once lost: a stop between an epoch's metrics row and its checkpoint recorded the
     epoch without its checkpoint. Now the stop is raised once the row, checkpoint and summary are all written."""
-    from fer_core.training import trainer
+    from fer_core.training import stops
 
     written = []
-    with pytest.raises(trainer.Cancelled, match="asked"):
-        with trainer._epoch_files():
+    with pytest.raises(stops.Cancelled, match="asked"):
+        with stops.epoch_files():
             written.append("metrics")
-            trainer.cancel(trainer.Cancelled("asked"))  # what the SIGTERM handler calls
+            stops.cancel(stops.Cancelled("asked"))  # what the SIGTERM handler calls
             written += ["checkpoint", "summary"]  # still written
     assert written == ["metrics", "checkpoint", "summary"]
-    with pytest.raises(trainer.Cancelled):  # elsewhere the stop is immediate
-        trainer.cancel()
-    with trainer._epoch_files():  # and nothing is left pending for the next epoch
+    with pytest.raises(stops.Cancelled):  # elsewhere the stop is immediate
+        stops.cancel()
+    with stops.epoch_files():  # and nothing is left pending for the next epoch
         pass
 
 

@@ -193,26 +193,26 @@ def test_a_second_stop_while_the_first_is_recorded_does_not_cut_the_record_short
     manager): once from the signal, once from its parent. The second once came while the first was writing the
     run's summary, escaped ``fit`` and left the summary saying 'running' with the dead pid. Here the second stop
     comes exactly there."""
-    from fer_core.training import trainer
+    from fer_core.training import stops
 
     real_update = Run.update_summary
 
     def update_with_a_second_stop(run, **fields):
         if fields.get("status") == "cancelled":
-            trainer.cancel(trainer.Cancelled("second"))  # what the SIGTERM handler calls
+            stops.cancel(stops.Cancelled("second"))  # what the SIGTERM handler calls
         return real_update(run, **fields)
 
     def first_stop(event):
         if event["type"] == "epoch" and event["epoch"] == 2:
-            trainer.cancel(trainer.Cancelled("first"))
+            stops.cancel(stops.Cancelled("first"))
 
     monkeypatch.setattr(Run, "update_summary", update_with_a_second_stop)
     summary = fit(tiny_config(epochs=5), on_event=first_stop, data=synthetic, root=tmp_path)
     run = Run(next(tmp_path.iterdir()))
     assert summary["status"] == run.summary()["status"] == "cancelled" and run.summary()["error"] == "first"
     assert run.summary()["epochs_done"] == 2 and "pid" not in run.summary() and run.checkpoint_file.is_file()
-    with pytest.raises(trainer.Cancelled):  # recorded: the next stop is a new one, raised at once
-        trainer.cancel()
+    with pytest.raises(stops.Cancelled):  # recorded: the next stop is a new one, raised at once
+        stops.cancel()
 
 
 def test_bad_training_settings_are_clear_errors(synthetic):

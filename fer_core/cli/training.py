@@ -15,7 +15,8 @@ from fer_core.store.loading import NotTrainedModel, load_torch_model
 from fer_core.store.runs import Run, find_run, runs_dir
 from fer_core.training.config import RECIPES, RunConfig, add_arguments, apply_arguments, recipe_table
 from fer_core.training.pruning import prune_config
-from fer_core.training.trainer import fit, install_cancel_handler
+from fer_core.training.stops import install_cancel_handler
+from fer_core.training.trainer import fit
 
 
 def _train_config(args) -> RunConfig:

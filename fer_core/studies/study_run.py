@@ -40,7 +40,8 @@ from fer_core.studies.families import (
     run_state,
 )
 from fer_core.training.device import cpu_cores, device_name, resolve_device
-from fer_core.training.trainer import Cancelled, cancel, fit
+from fer_core.training.stops import Cancelled, cancel
+from fer_core.training.trainer import fit
 
 try:
     import fcntl

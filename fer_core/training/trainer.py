@@ -14,10 +14,8 @@ training, on the selected weights.
 from __future__ import annotations
 
 import copy
-import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,50 +50,10 @@ from fer_core.training.engine import (
 from fer_core.training.evaluation import Evaluation, evaluate, memory_format
 from fer_core.training.lineage import lineage_fields, load_lineage
 from fer_core.training.pruning import prune_to, schedule, step_targets
+from fer_core.training.stops import Cancelled, epoch_files, recording_a_stop
 
 Event = dict
 OnEvent = Callable[[Event], None]
-
-
-class Cancelled(BaseException):
-    """Raised inside a training process when it is asked to stop (SIGTERM, or the dashboard's cancel)."""
-
-
-#: the process's stops (signals arrive in the main thread): whether an epoch's files are being written and the stop
-#: that came meanwhile, and whether :func:`fit` is recording a stopped run (more stops are dropped until it is)
-_STOPS: dict = {"writing": False, "stop": None, "recording": False}
-
-
-def cancel(stop: Cancelled | None = None) -> None:
-    """Stop this process's training (a signal handler's call): raise ``stop`` now or, while an epoch's files are
-    written (metrics row, checkpoint, summary), once they all are: no epoch is recorded without its checkpoint.
-    While a stopped run is being recorded as stopped, more stops are dropped: a study's worker gets SIGTERM twice
-    when its whole group is signalled (once from the signal, once from its parent), and the second must not cut
-    the first's summary short."""
-    if _STOPS["recording"]:
-        return
-    stop = stop or Cancelled()
-    if _STOPS["writing"]:
-        _STOPS["stop"] = stop
-        return
-    raise stop
-
-
-@contextmanager
-def _epoch_files():
-    _STOPS["writing"] = True
-    try:
-        yield
-    finally:
-        _STOPS["writing"] = False
-        stop, _STOPS["stop"] = _STOPS["stop"], None
-    if stop is not None:
-        raise stop
-
-
-def install_cancel_handler() -> None:
-    """Turn SIGTERM into :class:`Cancelled` so the run is recorded as cancelled, not failed."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: cancel())
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -366,7 +324,7 @@ def _one_epoch(tr: _Trainer, epoch: int, emit: OnEvent) -> None:
         "eta_s": round(epoch_s * (cfg.train.epochs - epoch), 1),
     }
     best = max(tr.best.acc, tr.best_ema.acc)
-    with _epoch_files():  # a stop asked for meanwhile waits until the three are written
+    with epoch_files():  # a stop asked for meanwhile waits until the three are written
         tr.run.append_metrics(row)
         if epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every == 0:
             _checkpoint(tr, epoch, elapsed)
@@ -484,14 +442,11 @@ def fit(
             _one_epoch(tr, epoch, emit)
         summary = _finish(tr, epoch)  # writes the weights: a full disk there is handled like one mid-run
     except (Cancelled, KeyboardInterrupt) as e:
-        _STOPS["recording"] = True  # a second stop now would leave the summary saying "running"
-        try:
+        with recording_a_stop():  # a second stop now would leave the summary saying "running"
             error = (str(e) or "cancelled by the user") if isinstance(e, Cancelled) else "interrupted (Ctrl-C)"
             # a signal between an epoch's metrics row and its summary update must not lose that epoch
             done = max((r.get("epoch", 0) for r in run.metrics()), default=0)
             summary = run.update_summary(status="cancelled", error=error, ended=time.time(), epochs_done=done)
-        finally:
-            _STOPS["recording"] = False  # recorded: a later stop is a new one
         emit({"type": "end", "run_id": run.run_id, "status": "cancelled", "error": error})
         return summary
     except Exception as e:
