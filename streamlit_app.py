@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from fer_core.analysis.compare import family_answer, family_table, runs_frame
+from fer_core.analysis.compare import runs_frame
+from fer_core.analysis.families import family_answer, family_table
 from fer_core.analysis.figures import PNG_CONFIG, scatter
 from fer_core.analysis.planning import quick_demo
 from fer_core.analysis.status import data_status, device_status

@@ -8,7 +8,6 @@ from fer_core.analysis.compare import (
     X_AXES,
     Y_AXES,
     card_text,
-    family_table,
     matched_budget_gap,
     pairwise_gaps,
     pruned_vs_scratch,
@@ -17,6 +16,7 @@ from fer_core.analysis.compare import (
     two_run_card,
     variants_table,
 )
+from fer_core.analysis.families import family_table
 from fer_core.analysis.figures import (
     FORMAT_NAMES,
     KIND_NAMES,

@@ -149,7 +149,8 @@ def test_gap_leaves_onnx_variants_out():
 def test_the_family_table_ranks_families_at_each_budget_with_mean_and_sd_over_seeds():
     import pandas as pd
 
-    from fer_core.analysis.compare import family_table, pairwise_gaps
+    from fer_core.analysis.compare import pairwise_gaps
+    from fer_core.analysis.families import family_table
 
     def run(family, params, seed, acc, recipe="seed"):
         return {"run_id": f"{family}-{params}-{seed}", "family": family, "width": params / 1e5, "params": params,
@@ -297,7 +298,7 @@ def _compare_text(df, monkeypatch) -> str:
 def test_the_answer_names_each_budgets_winner_its_runs_and_its_lead():
     import pandas as pd
 
-    from fer_core.analysis.compare import family_answer
+    from fer_core.analysis.families import family_answer
 
     rows = [
         ("fer2013", "seed", 1e5, "b", 104_000, 0.66, None, 1),

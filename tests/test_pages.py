@@ -58,7 +58,8 @@ def test_home_says_synthetic_and_offers_the_quick_demo(synthetic_env):
 
 
 def test_home_answers_which_family_wins_from_the_shipped_runs(synthetic_env, monkeypatch):
-    from fer_core.analysis.compare import family_answer, family_table, runs_frame
+    from fer_core.analysis.compare import runs_frame
+    from fer_core.analysis.families import family_answer, family_table
 
     monkeypatch.delenv("FER_REFERENCE")  # the shipped reference runs and CPU study, as a fresh clone has them
     monkeypatch.delenv("FER_STUDIES")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_core.analysis.compare import BYTE_LIMITS, X_AXES, Y_AXES, family_table, pareto_frontier
+from fer_core.analysis.compare import BYTE_LIMITS, X_AXES, Y_AXES, pareto_frontier
+from fer_core.analysis.families import family_table
 from fer_core.common import EMOTIONS, FerError
 from fer_core.models import list_models
 

@@ -11,7 +11,6 @@ import torch
 from fer_core.analysis.compare import (
     EDGE,
     KEEPS,
-    family_table,
     matched_budget_gap,
     pairwise_gaps,
     pareto_frontier,
@@ -20,6 +19,7 @@ from fer_core.analysis.compare import (
     smallest_files,
     variants_table,
 )
+from fer_core.analysis.families import family_table
 from fer_core.analysis.figures import report_figures
 from fer_core.cli.common import print_json
 from fer_core.common import FerError
