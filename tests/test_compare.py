@@ -146,16 +146,20 @@ def test_gap_leaves_onnx_variants_out():
     assert with_variant["seeds"].tolist() == plain["seeds"].tolist() == [2]
 
 
+def _plain_run(family, params, seed, acc, recipe="seed") -> dict:
+    """A completed FER2013 run trained from labels, as the runs table lists it."""
+    return {"run_id": f"{family}-{params}-{seed}-{recipe}", "family": family, "width": params / 1e5, "params": params,
+            "seed": seed, "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": recipe,
+            "format": "torch", "teacher": None, "init_run": None}  # fmt: skip
+
+
 def test_the_family_table_ranks_families_at_each_budget_with_mean_and_sd_over_seeds():
     import pandas as pd
 
     from fer_core.analysis.compare import pairwise_gaps
     from fer_core.analysis.families import family_table
 
-    def run(family, params, seed, acc, recipe="seed"):
-        return {"run_id": f"{family}-{params}-{seed}", "family": family, "width": params / 1e5, "params": params,
-                "seed": seed, "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": recipe,
-                "format": "torch", "teacher": None, "init_run": None}  # fmt: skip
+    run = _plain_run
 
     df = pd.DataFrame(
         [run("a", 100_000, s, acc) for s, acc in enumerate([0.60, 0.62, 0.64])]
@@ -233,9 +237,7 @@ def test_the_gap_meets_the_other_familys_nearest_run_only_within_the_edge():
     from fer_core.analysis.compare import EDGE, pairwise_gaps
 
     def run(family, params, acc):
-        return {"run_id": f"{family}-{params}", "family": family, "width": params / 1e5, "params": params, "seed": 0,
-                "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": "seed", "format": "torch",
-                "teacher": None, "init_run": None}  # fmt: skip
+        return _plain_run(family, params, 0, acc)
 
     # a's 19,311 lies 0.8% below b's smallest run, a's 25,000 inside b's range, a's 150,000 36% beyond it
     df = pd.DataFrame(
@@ -256,10 +258,7 @@ def test_where_both_families_have_seeds_at_a_size_the_gap_s_standard_error_holds
 
     from fer_core.analysis.compare import pairwise_gaps
 
-    def run(family, params, seed, acc):
-        return {"run_id": f"{family}-{params}-{seed}", "family": family, "width": params / 1e5, "params": params,
-                "seed": seed, "private_acc": acc, "status": "completed", "data": "fer2013", "recipe": "seed",
-                "format": "torch", "teacher": None, "init_run": None}  # fmt: skip
+    run = _plain_run
 
     a = [0.657, 0.673, 0.664]
     b = [0.657, 0.662, 0.640]
@@ -275,6 +274,8 @@ def test_where_both_families_have_seeds_at_a_size_the_gap_s_standard_error_holds
     assert at["gap_mean"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
     assert at["gap_se"] > at["gap_sd"] / math.sqrt(3)  # b's spread is in it, not only a's
     assert pd.isna(g.loc[50_000, "gap_se"])  # one seed each: no error to give
+    alone = pairwise_gaps(df[df["params"] != 50_000])  # b at one size only: met there, within the edge
+    assert len(alone) == 1 and alone.iloc[0]["b_at"] == "nearest" and alone.iloc[0]["gap_se"] == pytest.approx(se)
 
     text = _compare_text(df, monkeypatch)
     assert "a - b" in text and f"se {se:.4f} with 3 of B's" in text

@@ -102,8 +102,7 @@ def matched_budget_gap(df: pd.DataFrame, y: str = "private_acc", a: str = "mobil
     Returns one row per (data, recipe, width of ``a``).
     """
     keys = ["data", "recipe"]
-    cols = keys + ["width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds", "b_at"]
-    cols += ["b_seeds", "gap_se"]
+    cols = keys + _gap_columns(a, b)
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df.copy()
@@ -229,12 +228,7 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
     fa, fb = d[d["family"] == a], d[d["family"] == b]
     rows = []
     if fa.empty or fb.empty:
-        return pd.DataFrame(
-            columns=[
-                "width", "params", f"{a}_acc", f"{b}_acc_interp", "gap_mean", "gap_sd", "seeds", "b_at", "b_seeds",
-                "gap_se",
-            ]
-        )  # fmt: skip
+        return pd.DataFrame(columns=_gap_columns(a, b))
     pooled = _curve(fb, y)
     b_sizes = fb.groupby("params")[y]
     for width, grp in fa.groupby("width"):
@@ -270,6 +264,12 @@ def _gap_one_source(df: pd.DataFrame, y: str, a: str, b: str) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows).sort_values("params").reset_index(drop=True) if rows else pd.DataFrame(rows)
+
+
+def _gap_columns(a: str, b: str) -> list[str]:
+    """A gap table's columns (``a``'s and ``b``'s accuracies named after them)."""
+    accs = [f"{a}_acc", f"{b}_acc_interp"]
+    return ["width", "params", *accs, "gap_mean", "gap_sd", "seeds", "b_at", "b_seeds", "gap_se"]
 
 
 def _b_spread(b_sizes, params: float) -> tuple[int, float] | None:
